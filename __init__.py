@@ -1,0 +1,19 @@
+"""ComfyUI-PatchVSR: patch-wise video super-resolution on the Wan video DiT you already have.
+
+This file only registers the nodes (ComfyUI's V3 schema). Importing it changes nothing in ComfyUI.
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes import NODES
+
+WEB_DIRECTORY = "./js"
+
+
+class PatchVSRExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> PatchVSRExtension:
+    return PatchVSRExtension()

@@ -1,0 +1,126 @@
+"""Fusion weights and the weighted accumulate `sum(w * x) / sum(w)` (PatchVSR section 3.3, supp. 2.5).
+
+Dimension legend: B batch, C channels, T latent frames, H latent rows, W latent columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from .plan import Box, Kind, PatchPlan, Window
+
+
+class StitchMode(str, Enum):
+    WEIGHTED = "weighted"  # the paper's final scheme: linear auxiliary profiles, amplified shared patch
+    AVERAGE = "average"  # plain multi-patch averaging: every covering patch counts the same
+    NAIVE = "naive"  # base grid only, stitched side by side: the seams the paper sets out to remove
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    mode: StitchMode = StitchMode.WEIGHTED
+    # The four-patch intersection patch is amplified by this factor so its features win over the three
+    # mismatched patches meeting there; 5.0 removes the "black holes" in the supplement's Fig. 6.
+    blend_weight: float = 5.0
+    # Floor of the linear auxiliary profile at its sides. Kept tiny but positive so every weight map is
+    # strictly positive over its own patch; base patches alone already guarantee coverage.
+    profile_floor: float = 1e-3
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.mode != StitchMode.NAIVE
+
+
+def _tent(n: int, floor: float) -> torch.Tensor:
+    """[n] linear profile: 1 on the centre line, falling to `floor` at both sides (cell centres)."""
+    pos = torch.arange(n, dtype=torch.float64) + 0.5
+    return (1.0 - (pos - n / 2).abs() / (n / 2)).clamp_min(floor).float()
+
+
+def spatial_weight(box: Box, cfg: StitchConfig) -> torch.Tensor:
+    """[h, w] fusion weight of one patch."""
+    h, w = box.height, box.width
+    if cfg.mode != StitchMode.WEIGHTED or box.kind == Kind.BASE:
+        return torch.ones(h, w)
+    ones_y, ones_x = torch.ones(h), torch.ones(w)
+    if box.kind == Kind.AUX_H:  # split line is vertical: the weight falls off along x
+        wy, wx = ones_y, _tent(w, cfg.profile_floor)
+    elif box.kind == Kind.AUX_V:
+        wy, wx = _tent(h, cfg.profile_floor), ones_x
+    else:  # AUX_X: falls off along both axes from the intersection, amplified by the blend weight
+        wy, wx = _tent(h, cfg.profile_floor) * cfg.blend_weight, _tent(w, cfg.profile_floor)
+    return wy[:, None] * wx[None, :]
+
+
+def temporal_weight(window: Window, plan: PatchPlan) -> torch.Tensor:
+    """[t] weight of a temporal window: ramps linearly over the frames it shares with its neighbours."""
+    t = window.length
+    w = torch.ones(t)
+    for o in plan.windows:
+        if o.t0 < window.t0 < o.t1:  # shares its first frames with the previous window: ramp up
+            n = o.t1 - window.t0
+            w[:n] = torch.minimum(w[:n], (torch.arange(n) + 1.0) / (n + 1))
+        if window.t0 < o.t0 < window.t1:  # shares its last frames with the next window: ramp down
+            n = window.t1 - o.t0
+            w[t - n :] = torch.minimum(w[t - n :], torch.flip((torch.arange(n) + 1.0) / (n + 1), dims=[0]))
+    return w
+
+
+def patch_list(plan: PatchPlan, cfg: StitchConfig) -> list[tuple[Window, Box]]:
+    """Every (window, box) pair the stitcher fuses, base patches first."""
+    boxes = plan.boxes if cfg.uses_aux else plan.base_boxes()
+    return [(win, box) for win in plan.windows for box in boxes]
+
+
+def weight_volume(plan: PatchPlan, cfg: StitchConfig, window: Window, box: Box) -> torch.Tensor:
+    """[t, h, w] fusion weight of one patch in one window."""
+    return temporal_weight(window, plan)[:, None, None] * spatial_weight(box, cfg)[None]
+
+
+class Accumulator:
+    """Preallocated `sum(w * x)` and `sum(w)` over the full-size latent; `result()` asserts coverage."""
+
+    def __init__(self, shape: tuple[int, ...], device, dtype=torch.float32):
+        """shape: [B, C, T, H, W] of the full-size prediction."""
+        self.num = torch.zeros(shape, device=device, dtype=dtype)
+        self.den = torch.zeros(shape[2:], device=device, dtype=dtype)
+
+    def add(self, x: torch.Tensor, weight: torch.Tensor, window: Window, box: Box) -> None:
+        """x: [B, C, t, h, w] patch prediction; weight: [t, h, w]."""
+        w = weight.to(self.num.device, self.num.dtype)
+        sl = (slice(window.t0, window.t1), slice(box.y0, box.y1), slice(box.x0, box.x1))
+        self.num[(slice(None), slice(None)) + sl] += x.to(self.num.dtype) * w
+        self.den[sl] += w
+
+    def result(self) -> torch.Tensor:
+        """[B, C, T, H, W] fused prediction."""
+        assert self.den.min() > 0, "stitcher left latent cells uncovered: the patch plan is broken"
+        return self.num / self.den
+
+
+def fuse(
+    patches: list[torch.Tensor], plan: PatchPlan, cfg: StitchConfig, full_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Fuses patch tensors given in `patch_list(plan, cfg)` order into one [B, C, T, H, W] tensor."""
+    pairs = patch_list(plan, cfg)
+    assert len(patches) == len(pairs), f"{len(patches)} patch tensors for {len(pairs)} patches"
+    acc = Accumulator(full_shape, patches[0].device)
+    for x, (win, box) in zip(patches, pairs):
+        acc.add(x, weight_volume(plan, cfg, win, box), win, box)
+    return acc.result().to(patches[0].dtype)
+
+
+def weight_maps(plan: PatchPlan, cfg: StitchConfig) -> torch.Tensor:
+    """[4, H, W] each kind's share of the normalised spatial weight (base, aux_h, aux_v, aux_x)."""
+    _, H, W = plan.latent_shape
+    shares = torch.zeros(4, H, W)
+    order = [Kind.BASE, Kind.AUX_H, Kind.AUX_V, Kind.AUX_X]
+    boxes = plan.boxes if cfg.uses_aux else plan.base_boxes()
+    for box in boxes:
+        shares[order.index(box.kind), box.y0 : box.y1, box.x0 : box.x1] += spatial_weight(box, cfg)
+    total = shares.sum(0, keepdim=True)
+    assert total.min() > 0, "weight maps leave latent cells uncovered"
+    return shares / total

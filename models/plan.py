@@ -1,0 +1,217 @@
+"""Patch plans: where every patch of the full-size latent sits (PatchVSR section 3.3, Fig. 2).
+
+Dimension legend: T latent frames, H latent rows, W latent columns. Boxes are half-open ranges in latent
+cells. Base boxes tile the frame without overlap; auxiliary ("bridging") boxes are made of the halves of
+adjacent base boxes, so every seam between base boxes lies on the centre line of some auxiliary box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+VAE_TIME_STRIDE = 4  # Wan's VAE maps 1 + 4k pixel frames to 1 + k latent frames
+
+
+def latent_frames(pixel_frames: int) -> int:
+    """Latent frame count of a Wan clip of `pixel_frames` frames (which must be 1 + 4k)."""
+    return (pixel_frames - 1) // VAE_TIME_STRIDE + 1
+
+
+def pixel_frames(n_latent: int) -> int:
+    """Pixel frame count that a Wan VAE decodes from `n_latent` latent frames."""
+    return (n_latent - 1) * VAE_TIME_STRIDE + 1
+
+
+class Kind(str, Enum):
+    BASE = "base"
+    AUX_H = "aux_h"  # bridges two horizontal neighbours: its split line is vertical
+    AUX_V = "aux_v"  # bridges two vertical neighbours: its split line is horizontal
+    AUX_X = "aux_x"  # sits on a four-patch intersection, shared by all four
+
+
+@dataclass(frozen=True)
+class Box:
+    """A spatial patch in latent cells, [y0, y1) x [x0, x1)."""
+
+    kind: Kind
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+@dataclass(frozen=True)
+class Window:
+    """A temporal window in latent frames, [t0, t1)."""
+
+    t0: int
+    t1: int
+
+    @property
+    def length(self) -> int:
+        return self.t1 - self.t0
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What the artist asks for; everything is in latent units except where named `_px`."""
+
+    latent_shape: tuple[int, int, int]  # (T, H, W) of the full-size (upscaled) latent
+    patch_hw: tuple[int, int]  # (h, w) of one patch in latent cells: the base model's native size by default
+    window_frames: int  # latent frames per temporal window (21 for Wan 2.1's 81 pixel frames)
+    align: int = 2  # Wan's DiT patchifies 2x2 latent cells into one token: keep interior boundaries on it
+    min_window_overlap: int = 2  # latent frames two temporal windows share at least, so they can blend
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The pixel-side facts of a plan, so later nodes can check their inputs against it."""
+
+    family: str  # base model family the plan was made for, e.g. "wan2.1"
+    latent_channels: int  # 16 for Wan 2.1 (and 2.2 A14B), 48 for Wan 2.2 TI2V-5B
+    spatial_stride: int  # pixels per latent cell: 8 for Wan 2.1, 16 for Wan 2.2 TI2V-5B
+    lr_hw: tuple[int, int]  # input frame size in pixels
+    target_hw: tuple[int, int]  # output frame size in pixels
+    patch_hw: tuple[int, int]  # patch size in pixels
+    frames: int  # pixel frames of the clip (1 + 4k)
+
+    @property
+    def scale(self) -> float:
+        """Upscale factor (the larger of the two axes' factors)."""
+        return max(self.target_hw[0] / self.lr_hw[0], self.target_hw[1] / self.lr_hw[1])
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """An immutable patch plan. `boxes` holds base boxes first, then auxiliary ones."""
+
+    config: PlanConfig
+    row_edges: tuple[int, ...]  # base grid boundaries along H, from 0 to H
+    col_edges: tuple[int, ...]  # base grid boundaries along W, from 0 to W
+    boxes: tuple[Box, ...]
+    windows: tuple[Window, ...]
+    geometry: Geometry | None = None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.config.latent_shape
+
+    def base_boxes(self) -> tuple[Box, ...]:
+        return tuple(b for b in self.boxes if b.kind == Kind.BASE)
+
+    def aux_boxes(self) -> tuple[Box, ...]:
+        return tuple(b for b in self.boxes if b.kind != Kind.BASE)
+
+    def count(self, kind: Kind) -> int:
+        return sum(1 for b in self.boxes if b.kind == kind)
+
+
+def _aligned_edges(length: int, n: int, align: int) -> list[int]:
+    """n + 1 boundaries from 0 to `length`, evenly spread, interior ones on multiples of `align`."""
+    edges = [0]
+    for i in range(1, n):
+        edges.append(int(round(i * length / n / align)) * align)
+    edges.append(length)
+    assert all(b > a for a, b in zip(edges, edges[1:])), f"degenerate split of {length} into {n}: {edges}"
+    return edges
+
+
+def _midpoints(edges: list[int], align: int) -> list[int]:
+    """Centre of each base interval, on the token grid where the interval allows it."""
+    mids = []
+    for a, b in zip(edges, edges[1:]):
+        m = a + ((b - a) // 2 // align) * align
+        mids.append(m if a < m < b else a + (b - a) // 2)
+    return mids
+
+
+def _windows(total: int, length: int, min_overlap: int) -> list[Window]:
+    """Temporal windows of `length` frames spread evenly over `total`, overlapping by >= `min_overlap`."""
+    if total <= length:
+        return [Window(0, total)]
+    stride = length - min_overlap
+    assert stride > 0, f"window of {length} latent frames cannot overlap by {min_overlap}"
+    n = math.ceil((total - length) / stride) + 1
+    starts = [round(k * (total - length) / (n - 1)) for k in range(n)]
+    return [Window(s, s + length) for s in starts]
+
+
+def make_plan(config: PlanConfig, with_aux: bool = True, geometry: Geometry | None = None) -> PatchPlan:
+    """Builds the base grid, the bridging patches and the temporal windows, and checks coverage."""
+    T, H, W = config.latent_shape
+    ph, pw = config.patch_hw
+    assert ph <= H and pw <= W, f"patch {ph}x{pw} is larger than the latent frame {H}x{W}"
+    # 1. Base grid: as few patches as cover the frame, each at most the native size, spread evenly so no
+    #    strip is left over and no patch leaves the frame.
+    rows = _aligned_edges(H, math.ceil(H / ph), config.align)
+    cols = _aligned_edges(W, math.ceil(W / pw), config.align)
+    boxes = [Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:])]
+    # 2. Bridging patches from the halves of adjacent base patches (paper Fig. 2): 50% overlap.
+    if with_aux:
+        ym, xm = _midpoints(rows, config.align), _midpoints(cols, config.align)
+        for y0, y1 in zip(rows, rows[1:]):
+            boxes += [Box(Kind.AUX_H, y0, y1, a, b) for a, b in zip(xm, xm[1:])]
+        for a, b in zip(ym, ym[1:]):
+            boxes += [Box(Kind.AUX_V, a, b, x0, x1) for x0, x1 in zip(cols, cols[1:])]
+        for ya, yb in zip(ym, ym[1:]):
+            boxes += [Box(Kind.AUX_X, ya, yb, xa, xb) for xa, xb in zip(xm, xm[1:])]
+    # 3. Temporal windows when the clip is longer than the model's frame count.
+    windows = _windows(T, config.window_frames, config.min_window_overlap)
+    plan = PatchPlan(config, tuple(rows), tuple(cols), tuple(boxes), tuple(windows), geometry)
+    assert_covers(plan)
+    return plan
+
+
+def assert_covers(plan: PatchPlan) -> None:
+    """Every latent cell lies in exactly one base box and in at least one window; no box leaves the frame."""
+    T, H, W = plan.latent_shape
+    hits = [[0] * W for _ in range(H)]
+    for b in plan.boxes:
+        assert 0 <= b.y0 < b.y1 <= H and 0 <= b.x0 < b.x1 <= W, f"{b} leaves the {H}x{W} frame"
+        if b.kind == Kind.BASE:
+            for y in range(b.y0, b.y1):
+                row = hits[y]
+                for x in range(b.x0, b.x1):
+                    row[x] += 1
+    bad = [(y, x) for y in range(H) for x in range(W) if hits[y][x] != 1]
+    assert not bad, f"base grid covers {len(bad)} latent cells other than once, first {bad[:3]}"
+    covered = set()
+    for w in plan.windows:
+        assert 0 <= w.t0 < w.t1 <= T, f"{w} leaves the {T}-frame clip"
+        covered.update(range(w.t0, w.t1))
+    assert covered == set(range(T)), f"windows leave latent frames {sorted(set(range(T)) - covered)} uncovered"
+
+
+PRESETS = {"2K": (1440, 2560), "4K": (2160, 3840)}  # (h, w) landscape; portrait inputs get them turned
+
+
+def target_hw(lr_hw: tuple[int, int], preset: str, scale: float, keep_aspect: bool, stride: int) -> tuple[int, int]:
+    """Output frame size in pixels, each side a multiple of `stride`.
+
+    preset "scale" multiplies the input by `scale`; "2K"/"4K" give exactly that frame (turned for portrait
+    inputs), or with keep_aspect the largest frame of the input's aspect that fits inside it.
+    """
+    h, w = lr_hw
+
+    def snap(v: float) -> int:
+        return max(stride, int(round(v / stride)) * stride)
+
+    if preset == "scale":
+        return snap(h * scale), snap(w * scale)
+    ph, pw = PRESETS[preset]
+    if h > w:
+        ph, pw = pw, ph
+    if not keep_aspect:
+        return ph, pw
+    fit = min(ph / h, pw / w)
+    return min(ph, snap(h * fit)), min(pw, snap(w * fit))

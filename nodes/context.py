@@ -1,0 +1,75 @@
+"""Global-context encoder with location mask (PatchVSR section 3.2): the whole LR video at patch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..models.context import ContextConfig, location_masks
+from ..models.flow import noise_to
+from ..models.video import resize_frames
+from .encode import check_lr_input, decode_frames
+from .host import FAMILIES, check_vae, vae_encode
+from .types import CATEGORY, GlobalContextType, PatchPlanType
+
+import kornia
+from einops import rearrange
+
+
+@dataclass(frozen=True)
+class GlobalContext:
+    config: ContextConfig
+    latent: torch.Tensor  # [1, C, T, gh, gw] raw VAE latent of the whole video at patch size
+    noised: torch.Tensor  # [1, C, T, gh, gw] the same noised to config.noise_t: the global branch's input
+    masks: torch.Tensor  # [N, gh, gw] binary location mask of each of the plan's boxes
+    plan_key: tuple  # (config, geometry) of the plan it was built for, to catch a context wired to another plan
+
+
+def encode_context(plan, vae, images, latent, strength: float, noise_t: float, seed: int) -> GlobalContext:
+    g = plan.geometry
+    check_vae(vae, FAMILIES[g.latent_channels])
+    check_lr_input(plan, images, latent)
+    ph, pw = g.patch_hw
+    s = g.spatial_stride
+    if images is not None:
+        lat = vae_encode(vae, resize_frames(images, (ph, pw)))
+    else:
+        # The T2V latent is already a whole-frame view: resize it to the patch's latent size directly.
+        x = rearrange(latent["samples"].float(), "b c t h w -> (b t) c h w")
+        x = kornia.geometry.transform.resize(x, (ph // s, pw // s), interpolation="bicubic", antialias=True)
+        lat = rearrange(x, "(b t) c h w -> b c t h w", b=1)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(lat.shape, generator=gen).to(lat)
+    cfg = ContextConfig(strength=strength, noise_t=noise_t)
+    masks = location_masks(plan, tuple(lat.shape[-2:]))
+    return GlobalContext(cfg, lat, noise_to(lat, noise_t, noise), masks, (plan.config, plan.geometry))
+
+
+class GlobalContextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSR_GlobalContext",
+            display_name="PatchVSR Global Context",
+            category=CATEGORY,
+            description="Encodes the whole LR video at patch size with a location mask per patch. Without a trained "
+            "adapter it keeps every patch's colour and tone anchored to the whole frame (strength 0 turns that off).",
+            inputs=[
+                PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner."),
+                io.Vae.Input("vae", tooltip="The Wan VAE of the model family in the plan."),
+                io.Image.Input("images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."),
+                io.Latent.Input("latent", optional=True, tooltip="Or the LR latent from a Wan T2V sampler."),
+                io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="How strongly each patch's low frequencies (colour, tone) are pulled toward the whole-frame view at every step. 0 = off."),
+                io.Float.Input("noise_t", default=0.15, min=0.0, max=1.0, step=0.01,
+                               tooltip="Flow time the global latent is noised to for a trained global branch (paper: 0.15)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the noise added to the global latent."),
+            ],
+            outputs=[GlobalContextType.Output(display_name="context", tooltip="The global context for PatchVSR Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, plan, vae, strength, noise_t, seed, images=None, latent=None) -> io.NodeOutput:
+        return io.NodeOutput(encode_context(plan, vae, images, latent, strength, noise_t, seed))

@@ -1,0 +1,136 @@
+"""Upscale & encode (bicubic per frame, tiled VAE encode) and the tiled VAE decode."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..models.video import encode_upscaled_tiled, resize_frames
+from .host import FAMILIES, Progress, check_finite, check_vae, vae_encode
+from .types import CATEGORY, PatchPlanType
+
+import kornia
+from einops import rearrange
+
+
+def check_lr_input(plan, images, latent) -> None:
+    """The video given here must be the one the plan was made from."""
+    g = plan.geometry
+    if (images is None) == (latent is None):
+        raise ValueError("images / latent: connect exactly one, the same video that went into the partitioner.")
+    if images is not None:
+        got = (images.shape[0], images.shape[1], images.shape[2])
+        want = (g.frames, *g.lr_hw)
+        if got != want:
+            raise ValueError(
+                f"images: {got[2]}x{got[1]} with {got[0]} frames, but the plan was made for {want[2]}x{want[1]} "
+                f"with {want[0]} frames. Connect the same video to the partitioner and to this node."
+            )
+        check_finite(images, "images")
+    else:
+        x = latent["samples"]
+        s = g.spatial_stride
+        want = [1, g.latent_channels, (g.frames - 1) // 4 + 1, g.lr_hw[0] // s, g.lr_hw[1] // s]
+        if list(x.shape) != want:
+            raise ValueError(f"latent: shape {list(x.shape)}, but the plan was made for {want}. Connect the same latent to the partitioner.")
+        check_finite(x, "latent")
+
+
+def decode_frames(vae, latent: torch.Tensor) -> torch.Tensor:
+    """[1, C, T, h, w] -> [N, H, W, 3] pixel frames (ComfyUI's own decode)."""
+    images = vae.decode(latent)
+    return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
+
+
+def upscale_encode(plan, vae, images, latent, latent_mode: str, tile_px: int) -> dict:
+    g = plan.geometry
+    check_vae(vae, FAMILIES[g.latent_channels])
+    check_lr_input(plan, images, latent)
+    s = g.spatial_stride
+    T, H, W = plan.latent_shape
+    if latent is not None and latent_mode == "latent bicubic":
+        # Fast path: resize the latent itself; no VAE round trip, softer than re-encoding pixels.
+        x = rearrange(latent["samples"].float(), "b c t h w -> (b t) c h w")
+        x = kornia.geometry.transform.resize(x, (H, W), interpolation="bicubic", antialias=True)
+        return {"samples": rearrange(x, "(b t) c h w -> b c t h w", t=T).contiguous()}
+    frames = images if images is not None else decode_frames(vae, latent["samples"])
+    progress = Progress(1)
+
+    def on_tile(done, total):
+        progress.total = total
+        progress.set(done)
+        progress.check()
+
+    tile = max(2, tile_px // s)
+    samples = encode_upscaled_tiled(frames, g.target_hw, s, lambda p: vae_encode(vae, p), tile, max(1, tile // 8), on_tile)
+    return {"samples": samples}
+
+
+class UpscaleEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSR_UpscaleEncode",
+            display_name="PatchVSR Upscale & Encode",
+            category=CATEGORY,
+            description="Bicubic-upscales the LR video to the plan's target size and VAE-encodes it tile by tile, "
+            "so memory is bounded by the tile at 2K and 4K. The result is the start latent of the sampler.",
+            inputs=[
+                PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner; sets the target size."),
+                io.Vae.Input("vae", tooltip="The Wan VAE of the model family in the plan."),
+                io.Image.Input("images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."),
+                io.Latent.Input("latent", optional=True, tooltip="Or the LR latent from a Wan T2V sampler, the same one given to the partitioner."),
+                io.Combo.Input("latent_mode", options=["decode-resize-encode", "latent bicubic"], default="decode-resize-encode",
+                               tooltip="For a latent input: decode, upscale the pixels and re-encode (exact), or resize the latent directly (fast, softer)."),
+                io.Int.Input("tile_px", default=512, min=64, max=4096, step=16, tooltip="Encode tile size in output pixels; smaller uses less memory."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The upscaled video's latent at the target size.")],
+        )
+
+    @classmethod
+    def execute(cls, plan, vae, latent_mode, tile_px, images=None, latent=None) -> io.NodeOutput:
+        return io.NodeOutput(upscale_encode(plan, vae, images, latent, latent_mode, tile_px))
+
+
+def decode_tiled(vae, samples: dict, tile_px: int, overlap_px: int, temporal_frames: int, temporal_overlap: int) -> torch.Tensor:
+    x = samples["samples"]
+    if x.ndim != 5:
+        raise ValueError(f"samples: expected a video latent [B, C, T, H, W], got shape {list(x.shape)}.")
+    if x.shape[1] != vae.latent_channels:
+        raise ValueError(f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model.")
+    if overlap_px * 2 > tile_px:
+        raise ValueError(f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}.")
+    if temporal_overlap * 2 > temporal_frames:
+        raise ValueError(f"temporal_overlap: {temporal_overlap} is more than half of temporal_frames {temporal_frames}.")
+    check_finite(x, "samples")
+    s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
+    images = vae.decode_tiled(
+        x, tile_x=max(2, tile_px // s), tile_y=max(2, tile_px // s), overlap=max(1, overlap_px // s),
+        tile_t=max(2, temporal_frames // ts), overlap_t=max(1, temporal_overlap // ts),
+    )  # fmt: skip
+    return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
+
+
+class TiledDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSR_Decode",
+            display_name="PatchVSR VAE Decode (tiled)",
+            category=CATEGORY,
+            description="Decodes the full-size latent in overlapping tiles in space and time (ComfyUI's tiled decode), "
+            "so a 4K clip decodes in bounded memory. IMAGE frames out, ready for Create Video.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The full-size latent from PatchVSR Sampler."),
+                io.Vae.Input("vae", tooltip="The Wan VAE of the model family."),
+                io.Int.Input("tile_px", default=512, min=64, max=4096, step=32, tooltip="Tile size in output pixels."),
+                io.Int.Input("overlap_px", default=64, min=0, max=2048, step=32, tooltip="Overlap between tiles in pixels; blended linearly."),
+                io.Int.Input("temporal_frames", default=64, min=8, max=4096, step=4, tooltip="Pixel frames decoded at a time."),
+                io.Int.Input("temporal_overlap", default=8, min=4, max=4096, step=4, tooltip="Pixel frames shared by consecutive temporal tiles."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, tile_px, overlap_px, temporal_frames, temporal_overlap) -> io.NodeOutput:
+        return io.NodeOutput(decode_tiled(vae, samples, tile_px, overlap_px, temporal_frames, temporal_overlap))

@@ -1,0 +1,113 @@
+"""What the nodes need from ComfyUI: model families, VAE checks, progress bars and interrupts.
+
+Only public ComfyUI objects are read here; nothing is changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import comfy.ldm.wan.model
+import comfy.model_management
+import comfy.utils
+
+from ..models.plan import VAE_TIME_STRIDE
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    latent_channels: int
+    spatial_stride: int  # pixels per latent cell
+    native_hw: tuple[int, int]  # the size the base model was trained at, in pixels (h, w)
+    native_frames: int  # pixel frames the base model generates at once
+
+
+# Keyed by latent channels, the one thing that tells the Wan families apart at the model's input.
+FAMILIES = {
+    16: Family("wan2.1", 16, 8, (480, 832), 81),  # Wan 2.1 T2V 1.3B/14B and Wan 2.2 A14B share this latent
+    48: Family("wan2.2-ti2v-5b", 48, 16, (704, 1280), 121),
+}
+
+
+def model_family(model) -> Family:
+    """The Wan family of a MODEL, or a ValueError that says what was connected instead."""
+    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if type(dm) is not comfy.ldm.wan.model.WanModel:
+        raise ValueError(
+            f"model: PatchVSR needs a Wan 2.1 / 2.2 text-to-video diffusion model, got {type(dm).__name__}. "
+            "Load a Wan T2V model (e.g. wan2.1_t2v_1.3B) with 'Load Diffusion Model' and connect it."
+        )
+    if dm.model_type != "t2v" or dm.in_dim != dm.out_dim:
+        raise ValueError(
+            f"model: this Wan model takes {dm.in_dim} input channels ({dm.model_type}); image-to-video and "
+            "control variants need per-patch image conditions PatchVSR does not build. Connect a Wan T2V model."
+        )
+    channels = model.model.latent_format.latent_channels
+    if channels not in FAMILIES:
+        raise ValueError(f"model: Wan model with {channels} latent channels is not supported (16 or 48).")
+    return FAMILIES[channels]
+
+
+def check_vae(vae, family: Family, name: str = "vae") -> None:
+    """Raises unless `vae` encodes to the latent space of `family`."""
+    channels = getattr(vae, "latent_channels", None)
+    stride = vae.spacial_compression_encode() if hasattr(vae, "spacial_compression_encode") else None
+    if channels != family.latent_channels or stride != family.spatial_stride:
+        raise ValueError(
+            f"{name}: this VAE makes {channels}-channel latents at 1/{stride} size, but the plan's model "
+            f"({family.name}) needs {family.latent_channels} channels at 1/{family.spatial_stride}. "
+            "Connect the VAE that belongs to the Wan model (Wan 2.1 VAE for 16 channels, Wan 2.2 VAE for 48)."
+        )
+
+
+def check_frames(n: int, name: str) -> None:
+    if n < 1 or (n - 1) % VAE_TIME_STRIDE:
+        lo = (n - 1) // VAE_TIME_STRIDE * VAE_TIME_STRIDE + 1
+        raise ValueError(
+            f"{name}: {n} frames; Wan's VAE needs 1 + 4k frames. Trim the clip to {lo} or extend it to "
+            f"{lo + VAE_TIME_STRIDE} frames (e.g. with the frame_load_cap / select_every_nth of your loader)."
+        )
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name}: {bad} values are NaN or infinite; check the node that produced it.")
+
+
+def round_to(x: float, multiple: int) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def ceil_to(x: float, multiple: int) -> int:
+    return max(multiple, math.ceil(x / multiple) * multiple)
+
+
+class Progress:
+    """A ComfyUI progress bar that also checks for cancel at every tick."""
+
+    def __init__(self, total: int):
+        self.total = max(1, total)
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def check(self) -> None:
+        # Cancel from the UI raises here; never catch it (it is an Exception on older hosts).
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    def tick(self, n: int = 1, ceiling: int | None = None) -> None:
+        self.done = min(self.done + n, ceiling if ceiling is not None else self.total)
+        self.bar.update_absolute(self.done, self.total)
+
+    def set(self, value: int) -> None:
+        self.done = min(value, self.total)
+        self.bar.update_absolute(self.done, self.total)
+
+
+def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """pixels: [N, H, W, 3] in [0, 1] -> [1, C, T, h, w] raw VAE latent (ComfyUI's own encode)."""
+    return vae.encode(pixels[..., :3])

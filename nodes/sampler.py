@@ -1,0 +1,115 @@
+"""LoRA-patched DiT sampler: denoises every patch with multi-patch joint modulation at every step."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.sample
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import folder_paths
+
+from ..models.blend import StitchConfig
+from ..models.flow import sigmas_from_t0
+from .host import Progress, check_finite, model_family
+from .patchwise import attach
+from .types import CATEGORY, GlobalContextType, PatchPlanType, StitcherType
+
+NO_LORA = "None"
+
+
+def check_inputs(model, latent, plan, context) -> None:
+    family = model_family(model)
+    g = plan.geometry
+    if family.latent_channels != g.latent_channels:
+        raise ValueError(f"model: a {family.name} model, but the plan was made for {g.family}. Use one model for the partitioner and the sampler.")
+    x = latent["samples"]
+    want = [1, g.latent_channels, *plan.latent_shape]
+    if list(x.shape) != want:
+        raise ValueError(
+            f"latent: shape {list(x.shape)}, but the plan needs {want} ({g.target_hw[1]}x{g.target_hw[0]}). "
+            "Connect the latent from PatchVSR Upscale & Encode made with this plan."
+        )
+    check_finite(x, "latent")
+    if context is not None and context.plan_key != (plan.config, plan.geometry):
+        raise ValueError("context: this global context was built for another plan. Connect the same plan to the Global Context node.")
+
+
+def load_lora(model, lora_name: str, strength: float):
+    """A clone of `model` with a ComfyUI LoRA file applied through ModelPatcher patches."""
+    if lora_name == NO_LORA or strength == 0.0:
+        return model
+    path = folder_paths.get_full_path("loras", lora_name)
+    if path is None:
+        raise ValueError(f"lora_name: '{lora_name}' is not in the loras folder. Pick another or '{NO_LORA}'.")
+    lora = comfy.utils.load_torch_file(path, safe_load=True)
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0.0)
+    return patched
+
+
+def sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength, seed, steps, cfg,
+           sampler_name, scheduler, t0, patch_batch) -> dict:  # fmt: skip
+    check_inputs(model, latent, plan, context)
+    stitch = stitcher if stitcher is not None else StitchConfig()
+    model = load_lora(model, lora_name, lora_strength)
+    # 1. Patch-wise clone: the wrapper runs the DiT per patch batch and fuses at every evaluation.
+    progress = Progress(1)
+    patched, wrapper = attach(model, plan, stitch, context, patch_batch, progress)
+    progress.total = steps * len(wrapper.jm.batches)
+    # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`.
+    model_sampling = patched.get_model_object("model_sampling")
+    sigmas = sigmas_from_t0(lambda n: comfy.samplers.calculate_sigmas(model_sampling, scheduler, n).cpu(), steps, t0)
+    # 3. SDEdit from the upscaled latent: noise_scaling mixes (1 - t0) latent + t0 noise.
+    x = latent["samples"]
+    noise = comfy.sample.prepare_noise(x, seed)
+
+    def callback(step, x0, xt, total):
+        wrapper.on_step(step)
+
+    out = comfy.sample.sample_custom(
+        patched, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, x,
+        callback=callback, disable_pbar=True, seed=seed,
+    )  # fmt: skip
+    check_finite(out, "the sampler's output (lower cfg or check the model)")
+    return {"samples": out.to(torch.float32)}
+
+
+class PatchSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSR_Sampler",
+            display_name="PatchVSR Sampler",
+            category=CATEGORY,
+            description="Denoises the upscaled latent patch by patch at the model's native size, fusing all overlapping "
+            "patch predictions at every step (multi-patch joint modulation). Works with any sampler and scheduler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan T2V model. It is cloned, never changed."),
+                io.Conditioning.Input("positive", tooltip="Text conditioning describing the clip."),
+                io.Conditioning.Input("negative", tooltip="Negative text conditioning (used when cfg > 1)."),
+                io.Latent.Input("latent", tooltip="The upscaled latent from PatchVSR Upscale & Encode."),
+                PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner."),
+                GlobalContextType.Input("context", optional=True, tooltip="Optional global context from PatchVSR Global Context: keeps patches consistent with the whole frame."),
+                StitcherType.Input("stitcher", optional=True, tooltip="Optional PatchVSR Latent Stitcher; default: weighted with blend weight 5.0."),
+                io.Combo.Input("lora_name", options=[NO_LORA] + folder_paths.get_filename_list("loras"), default=NO_LORA,
+                               tooltip="Optional ComfyUI LoRA applied to the base model through ModelPatcher patches."),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="Strength of the LoRA."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Denoising steps taken from t0 down to 0."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance (paper: 5.0; 1.0 halves the cost)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler", tooltip="Any ComfyUI sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple", tooltip="Any ComfyUI scheduler; its spacing is kept below t0."),
+                io.Float.Input("t0", default=0.3, min=0.01, max=1.0, step=0.01,
+                               tooltip="Start noise level as flow time: 0.3 keeps the input's structure and adds detail; 1.0 starts from pure noise (for trained adapters)."),
+                io.Int.Input("patch_batch", default=1, min=1, max=64, tooltip="Patches per DiT call: more is faster on a big GPU, memory grows with it."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The full-size denoised latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, plan, lora_name, lora_strength, seed, steps, cfg, sampler_name,
+                scheduler, t0, patch_batch, context=None, stitcher=None) -> io.NodeOutput:  # fmt: skip
+        return io.NodeOutput(sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength,
+                                    seed, steps, cfg, sampler_name, scheduler, t0, patch_batch))  # fmt: skip

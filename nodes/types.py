@@ -1,0 +1,9 @@
+"""The pack's own socket types. Values on these sockets are immutable (frozen dataclasses)."""
+
+from comfy_api.latest import io
+
+PatchPlanType = io.Custom("PATCHVSR_PLAN")
+GlobalContextType = io.Custom("PATCHVSR_CONTEXT")
+StitcherType = io.Custom("PATCHVSR_STITCHER")
+
+CATEGORY = "video/PatchVSR"

@@ -1,0 +1,35 @@
+"""Test-only nodes, loaded into the test server beside the pack but never shipped with it.
+
+No text-encoder weights exist on the test machines, so conditioning comes from here: zero text tokens of
+the shape a Wan text encoder (umT5-XXL) produces.
+"""
+
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+WAN_TEXT_DIM = 4096  # umT5-XXL hidden size, what Wan's text_embedding expects
+
+
+class ZeroTextConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ZeroTextConditioning",
+            display_name="Zero Text Conditioning (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of zero text tokens.")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, tokens) -> io.NodeOutput:
+        return io.NodeOutput([[torch.zeros(1, tokens, WAN_TEXT_DIM), {}]])
+
+
+class TestNodes(ComfyExtension):
+    async def get_node_list(self):
+        return [ZeroTextConditioning]
+
+
+async def comfy_entrypoint():
+    return TestNodes()

@@ -1,0 +1,136 @@
+"""Builds tiny real-architecture Wan models from ComfyUI's own classes, with fixed-seed random weights, and
+saves them as safetensors that the stock UNETLoader and VAELoader auto-detect.
+
+Run in the host interpreter (it imports ComfyUI):  python -m tests.host.tiny_models OUT_DIR
+Writes OUT_DIR/diffusion_models/<name>.safetensors and OUT_DIR/vae/<name>.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Bump when the recipe changes, so cached files are rebuilt.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyWan:
+    name: str
+    dim: int = 128  # ComfyUI detects num_heads = dim // 128, so dim is a multiple of 128
+    ffn_dim: int = 256
+    num_layers: int = 2
+    in_dim: int = 16  # latent channels: 16 for Wan 2.1, 48 for Wan 2.2 TI2V-5B
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TinyVae:
+    name: str
+    dim: int = 8  # read back by the loader from decoder.head.0.gamma
+    seed: int = 1
+
+
+DIT = TinyWan("patchvsr-tiny-wan21-t2v")
+VAE = TinyVae("patchvsr-tiny-wan21-vae")
+
+
+def files(out_dir: Path) -> dict[str, Path]:
+    return {
+        "dit": out_dir / "diffusion_models" / f"{DIT.name}.safetensors",
+        "vae": out_dir / "vae" / f"{VAE.name}.safetensors",
+    }
+
+
+def _init_(module, seed: int) -> None:
+    """Deterministic init of every parameter. ComfyUI's ops skip torch's default init (weights stay
+    uninitialised memory), so the tiny models set every tensor themselves."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias":
+                p.zero_()
+            elif leaf == "modulation":  # Wan draws these as randn / sqrt(dim)
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+            elif p.ndim == 1 or leaf == "gamma":
+                p.fill_(1.0)  # norm scales (the Wan VAE's RMS_norm gamma has shape [C, 1, 1(, 1)])
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+
+
+def build(out_dir: Path) -> dict[str, Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    import comfy.ldm.wan.model
+    import comfy.ldm.wan.vae
+    import comfy.ops
+
+    paths = files(out_dir)
+    meta = {"recipe": str(RECIPE_VERSION)}
+    dit = comfy.ldm.wan.model.WanModel(
+        model_type="t2v",
+        dim=DIT.dim,
+        ffn_dim=DIT.ffn_dim,
+        num_heads=DIT.dim // 128,
+        num_layers=DIT.num_layers,
+        in_dim=DIT.in_dim,
+        out_dim=DIT.in_dim,
+        operations=comfy.ops.disable_weight_init,
+    )
+    _init_(dit, DIT.seed)
+    vae = comfy.ldm.wan.vae.WanVAE(
+        dim=VAE.dim,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+    )
+    _init_(vae, VAE.seed)
+    for key, module, cfg in (("dit", dit, DIT), ("vae", vae, VAE)):
+        sd = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(paths[key]), metadata=meta | {k: str(v) for k, v in asdict(cfg).items()})
+    return paths
+
+
+def ensure(out_dir: Path) -> dict[str, Path]:
+    """Builds the models unless files of this recipe are already there."""
+    from safetensors import safe_open
+
+    paths = files(out_dir)
+    try:
+        if all(safe_open(str(p), "pt").metadata().get("recipe") == str(RECIPE_VERSION) for p in paths.values()):
+            return paths
+    except (OSError, RuntimeError):  # missing or unreadable: rebuild
+        pass
+    return build(out_dir)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    from tests.host.paths import comfy_root
+
+    root = str(comfy_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    # ComfyUI reads its command line when comfy.cli_args is first imported, as main.py arranges it.
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    for key, path in ensure(args.out_dir).items():
+        print(f"{key}: {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
