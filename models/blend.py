@@ -101,9 +101,7 @@ class Accumulator:
         return self.num / self.den
 
 
-def fuse(
-    patches: list[torch.Tensor], plan: PatchPlan, cfg: StitchConfig, full_shape: tuple[int, ...]
-) -> torch.Tensor:
+def fuse(patches: list[torch.Tensor], plan: PatchPlan, cfg: StitchConfig, full_shape: tuple[int, ...]) -> torch.Tensor:
     """Fuses patch tensors given in `patch_list(plan, cfg)` order into one [B, C, T, H, W] tensor."""
     pairs = patch_list(plan, cfg)
     assert len(patches) == len(pairs), f"{len(patches)} patch tensors for {len(pairs)} patches"

@@ -76,9 +76,7 @@ def global_lowpass(global_latent: torch.Tensor, plan: PatchPlan, sigma: float) -
     return lowpass(up, sigma).to(global_latent.dtype)
 
 
-def anchor_low_frequency(
-    x0: torch.Tensor, global_lp: torch.Tensor, strength: float, sigma: float
-) -> torch.Tensor:
+def anchor_low_frequency(x0: torch.Tensor, global_lp: torch.Tensor, strength: float, sigma: float) -> torch.Tensor:
     """x0, global_lp: [B, C, t, h, w] -> x0 with its low frequencies moved toward the global view's."""
     if strength == 0.0:
         return x0

@@ -45,9 +45,7 @@ class JointModulation:
         groups: dict[tuple[int, int, int], list[Patch]] = {}
         for win, box in pairs:
             groups.setdefault((win.length, box.height, box.width), []).append((win, box))
-        batches = tuple(
-            tuple(g[i : i + batch_size]) for g in groups.values() for i in range(0, len(g), batch_size)
-        )
+        batches = tuple(tuple(g[i : i + batch_size]) for g in groups.values() for i in range(0, len(g), batch_size))
         weights = {p: weight_volume(plan, stitch, *p) for p in pairs}
         return cls(plan, stitch, batches, weights)
 

@@ -24,7 +24,10 @@ def _line(img: torch.Tensor, y0: int, x0: int, y1: int, x1: int, colour, dash: i
         if dash and (i // dash) % 2:
             continue
         y, x = min(y0 + i, y1) if y1 > y0 else y0, min(x0 + i, x1) if x1 > x0 else x0
-        img[max(0, y - width // 2) : min(H, y + width - width // 2), max(0, x - width // 2) : min(W, x + width - width // 2)] = c
+        img[
+            max(0, y - width // 2) : min(H, y + width - width // 2),
+            max(0, x - width // 2) : min(W, x + width - width // 2),
+        ] = c
 
 
 def draw_plan(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:

@@ -31,7 +31,9 @@ def resize_frames(frames: torch.Tensor, hw: tuple[int, int], chunk: int = 8) -> 
     return torch.cat(out)
 
 
-def upscale_region(frames: torch.Tensor, target_hw: tuple[int, int], y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+def upscale_region(
+    frames: torch.Tensor, target_hw: tuple[int, int], y0: int, y1: int, x0: int, x1: int
+) -> torch.Tensor:
     """frames: [N, H, W, 3] -> [N, y1 - y0, x1 - x0, 3]: rows y0:y1, cols x0:x1 of the bicubic upscale to
     `target_hw`, computed from the source pixels that region needs only. Equals the same region of a
     full-frame bicubic upscale (align_corners=False, edge pixels replicated) to float precision."""
@@ -62,6 +64,7 @@ def _tile_edges(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
 def _ramp_weight(h: int, w: int, overlap: int) -> torch.Tensor:
     """[h, w] weight rising linearly over `overlap` cells from each side (never zero)."""
+
     def axis(n):
         pos = torch.arange(n, dtype=torch.float32)
         return torch.minimum((pos + 1) / (overlap + 1), (n - pos) / (overlap + 1)).clamp(max=1.0)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import kornia
 import torch
 from comfy_api.latest import io
+from einops import rearrange
 
 from ..models.context import ContextConfig, location_masks
 from ..models.flow import noise_to
 from ..models.video import resize_frames
-from .encode import check_lr_input, decode_frames
+from .encode import check_lr_input
 from .host import FAMILIES, check_vae, vae_encode
 from .types import CATEGORY, GlobalContextType, PatchPlanType
-
-import kornia
-from einops import rearrange
 
 
 @dataclass(frozen=True)
@@ -59,15 +58,38 @@ class GlobalContextEncoder(io.ComfyNode):
             inputs=[
                 PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner."),
                 io.Vae.Input("vae", tooltip="The Wan VAE of the model family in the plan."),
-                io.Image.Input("images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."),
+                io.Image.Input(
+                    "images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."
+                ),
                 io.Latent.Input("latent", optional=True, tooltip="Or the LR latent from a Wan T2V sampler."),
-                io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="How strongly each patch's low frequencies (colour, tone) are pulled toward the whole-frame view at every step. 0 = off."),
-                io.Float.Input("noise_t", default=0.15, min=0.0, max=1.0, step=0.01,
-                               tooltip="Flow time the global latent is noised to for a trained global branch (paper: 0.15)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the noise added to the global latent."),
+                io.Float.Input(
+                    "strength",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="How strongly each patch's low frequencies (colour, tone) are pulled toward the whole-frame view at every step. 0 = off.",
+                ),
+                io.Float.Input(
+                    "noise_t",
+                    default=0.15,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Flow time the global latent is noised to for a trained global branch (paper: 0.15).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the noise added to the global latent.",
+                ),
             ],
-            outputs=[GlobalContextType.Output(display_name="context", tooltip="The global context for PatchVSR Sampler.")],
+            outputs=[
+                GlobalContextType.Output(display_name="context", tooltip="The global context for PatchVSR Sampler.")
+            ],
         )
 
     @classmethod

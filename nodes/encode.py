@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import kornia
 import torch
 from comfy_api.latest import io
+from einops import rearrange
 
-from ..models.video import encode_upscaled_tiled, resize_frames
+from ..models.video import encode_upscaled_tiled
 from .host import FAMILIES, Progress, check_finite, check_vae, vae_encode
 from .types import CATEGORY, PatchPlanType
-
-import kornia
-from einops import rearrange
 
 
 def check_lr_input(plan, images, latent) -> None:
@@ -32,7 +31,9 @@ def check_lr_input(plan, images, latent) -> None:
         s = g.spatial_stride
         want = [1, g.latent_channels, (g.frames - 1) // 4 + 1, g.lr_hw[0] // s, g.lr_hw[1] // s]
         if list(x.shape) != want:
-            raise ValueError(f"latent: shape {list(x.shape)}, but the plan was made for {want}. Connect the same latent to the partitioner.")
+            raise ValueError(
+                f"latent: shape {list(x.shape)}, but the plan was made for {want}. Connect the same latent to the partitioner."
+            )
         check_finite(x, "latent")
 
 
@@ -57,12 +58,13 @@ def upscale_encode(plan, vae, images, latent, latent_mode: str, tile_px: int) ->
     progress = Progress(1)
 
     def on_tile(done, total):
-        progress.total = total
-        progress.set(done)
+        progress.set(done, total)
         progress.check()
 
     tile = max(2, tile_px // s)
-    samples = encode_upscaled_tiled(frames, g.target_hw, s, lambda p: vae_encode(vae, p), tile, max(1, tile // 8), on_tile)
+    samples = encode_upscaled_tiled(
+        frames, g.target_hw, s, lambda p: vae_encode(vae, p), tile, max(1, tile // 8), on_tile
+    )
     return {"samples": samples}
 
 
@@ -78,13 +80,32 @@ class UpscaleEncode(io.ComfyNode):
             inputs=[
                 PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner; sets the target size."),
                 io.Vae.Input("vae", tooltip="The Wan VAE of the model family in the plan."),
-                io.Image.Input("images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."),
-                io.Latent.Input("latent", optional=True, tooltip="Or the LR latent from a Wan T2V sampler, the same one given to the partitioner."),
-                io.Combo.Input("latent_mode", options=["decode-resize-encode", "latent bicubic"], default="decode-resize-encode",
-                               tooltip="For a latent input: decode, upscale the pixels and re-encode (exact), or resize the latent directly (fast, softer)."),
-                io.Int.Input("tile_px", default=512, min=64, max=4096, step=16, tooltip="Encode tile size in output pixels; smaller uses less memory."),
+                io.Image.Input(
+                    "images", optional=True, tooltip="The LR frames, the same ones given to the partitioner."
+                ),
+                io.Latent.Input(
+                    "latent",
+                    optional=True,
+                    tooltip="Or the LR latent from a Wan T2V sampler, the same one given to the partitioner.",
+                ),
+                io.Combo.Input(
+                    "latent_mode",
+                    options=["decode-resize-encode", "latent bicubic"],
+                    default="decode-resize-encode",
+                    tooltip="For a latent input: decode, upscale the pixels and re-encode (exact), or resize the latent directly (fast, softer).",
+                ),
+                io.Int.Input(
+                    "tile_px",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=16,
+                    tooltip="Encode tile size in output pixels; smaller uses less memory.",
+                ),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="The upscaled video's latent at the target size.")],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The upscaled video's latent at the target size.")
+            ],
         )
 
     @classmethod
@@ -92,16 +113,24 @@ class UpscaleEncode(io.ComfyNode):
         return io.NodeOutput(upscale_encode(plan, vae, images, latent, latent_mode, tile_px))
 
 
-def decode_tiled(vae, samples: dict, tile_px: int, overlap_px: int, temporal_frames: int, temporal_overlap: int) -> torch.Tensor:
+def decode_tiled(
+    vae, samples: dict, tile_px: int, overlap_px: int, temporal_frames: int, temporal_overlap: int
+) -> torch.Tensor:
     x = samples["samples"]
     if x.ndim != 5:
         raise ValueError(f"samples: expected a video latent [B, C, T, H, W], got shape {list(x.shape)}.")
     if x.shape[1] != vae.latent_channels:
-        raise ValueError(f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model.")
+        raise ValueError(
+            f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model."
+        )
     if overlap_px * 2 > tile_px:
-        raise ValueError(f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}.")
+        raise ValueError(
+            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}."
+        )
     if temporal_overlap * 2 > temporal_frames:
-        raise ValueError(f"temporal_overlap: {temporal_overlap} is more than half of temporal_frames {temporal_frames}.")
+        raise ValueError(
+            f"temporal_overlap: {temporal_overlap} is more than half of temporal_frames {temporal_frames}."
+        )
     check_finite(x, "samples")
     s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
     images = vae.decode_tiled(
@@ -124,9 +153,25 @@ class TiledDecode(io.ComfyNode):
                 io.Latent.Input("samples", tooltip="The full-size latent from PatchVSR Sampler."),
                 io.Vae.Input("vae", tooltip="The Wan VAE of the model family."),
                 io.Int.Input("tile_px", default=512, min=64, max=4096, step=32, tooltip="Tile size in output pixels."),
-                io.Int.Input("overlap_px", default=64, min=0, max=2048, step=32, tooltip="Overlap between tiles in pixels; blended linearly."),
-                io.Int.Input("temporal_frames", default=64, min=8, max=4096, step=4, tooltip="Pixel frames decoded at a time."),
-                io.Int.Input("temporal_overlap", default=8, min=4, max=4096, step=4, tooltip="Pixel frames shared by consecutive temporal tiles."),
+                io.Int.Input(
+                    "overlap_px",
+                    default=64,
+                    min=0,
+                    max=2048,
+                    step=32,
+                    tooltip="Overlap between tiles in pixels; blended linearly.",
+                ),
+                io.Int.Input(
+                    "temporal_frames", default=64, min=8, max=4096, step=4, tooltip="Pixel frames decoded at a time."
+                ),
+                io.Int.Input(
+                    "temporal_overlap",
+                    default=8,
+                    min=4,
+                    max=4096,
+                    step=4,
+                    tooltip="Pixel frames shared by consecutive temporal tiles.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )

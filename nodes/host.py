@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 import comfy.ldm.wan.model
 import comfy.model_management
 import comfy.utils
+import torch
 
 from ..models.plan import VAE_TIME_STRIDE
 
@@ -103,7 +102,8 @@ class Progress:
         self.done = min(self.done + n, ceiling if ceiling is not None else self.total)
         self.bar.update_absolute(self.done, self.total)
 
-    def set(self, value: int) -> None:
+    def set(self, value: int, total: int | None = None) -> None:
+        self.total = max(1, total) if total is not None else self.total
         self.done = min(value, self.total)
         self.bar.update_absolute(self.done, self.total)
 

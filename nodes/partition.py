@@ -17,14 +17,18 @@ PREVIEW_LONG_SIDE = 1024
 def lr_video(images, latent, family) -> tuple[tuple[int, int], int, torch.Tensor | None]:
     """(LR size in pixels, pixel frames, first frame or None) of whichever input is connected."""
     if (images is None) == (latent is None):
-        raise ValueError("images / latent: connect exactly one: the LR video as IMAGE frames, or the LATENT of a Wan sampler.")
+        raise ValueError(
+            "images / latent: connect exactly one: the LR video as IMAGE frames, or the LATENT of a Wan sampler."
+        )
     if images is not None:
         check_finite(images, "images")
         check_frames(images.shape[0], "images")
         return (images.shape[1], images.shape[2]), images.shape[0], images[0]
     x = latent["samples"]
     if x.ndim != 5 or x.shape[0] != 1:
-        raise ValueError(f"latent: expected one video latent [1, C, T, H, W], got shape {list(x.shape)}. Upscale one clip at a time.")
+        raise ValueError(
+            f"latent: expected one video latent [1, C, T, H, W], got shape {list(x.shape)}. Upscale one clip at a time."
+        )
     if x.shape[1] != family.latent_channels:
         raise ValueError(
             f"latent: {x.shape[1]} channels, but the model ({family.name}) uses {family.latent_channels}. "
@@ -49,7 +53,9 @@ def partition(model, images, latent, target, scale, keep_aspect, patch_width, pa
     pw = patch_width or family.native_hw[1]
     for name, v, limit in (("patch_height", ph, out_hw[0]), ("patch_width", pw, out_hw[1])):
         if v % (2 * s):
-            raise ValueError(f"{name}: {v} px is not a multiple of {2 * s} (two latent cells of {family.name}). Use {v // (2 * s) * 2 * s or 2 * s}.")
+            raise ValueError(
+                f"{name}: {v} px is not a multiple of {2 * s} (two latent cells of {family.name}). Use {v // (2 * s) * 2 * s or 2 * s}."
+            )
         if v > limit:
             raise ValueError(
                 f"{name}: {v} px is larger than the target's {limit} px. Lower {name} to at most {limit} "
@@ -82,24 +88,71 @@ class PatchPartitioner(io.ComfyNode):
             description="Plans the patches: a base grid at the model's native size that tiles the output frame, "
             "bridging patches over every seam, and temporal windows for long clips.",
             inputs=[
-                io.Model.Input("model", tooltip="The Wan T2V model that will denoise the patches; sets the default patch size and latent layout."),
-                io.Image.Input("images", optional=True, tooltip="The low-resolution video as frames (1 + 4k of them). Connect this or latent."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The Wan T2V model that will denoise the patches; sets the default patch size and latent layout.",
+                ),
+                io.Image.Input(
+                    "images",
+                    optional=True,
+                    tooltip="The low-resolution video as frames (1 + 4k of them). Connect this or latent.",
+                ),
                 io.Latent.Input("latent", optional=True, tooltip="Or the latent straight from a Wan T2V sampler."),
-                io.Combo.Input("target", options=["2K", "4K", "scale"], default="2K",
-                               tooltip="Output size: 2K = 2560x1440, 4K = 3840x2160 (turned for portrait clips), or the input times 'scale'."),
-                io.Float.Input("scale", default=2.0, min=1.0, max=8.0, step=0.25, tooltip="Upscale factor when target is 'scale'."),
-                io.Boolean.Input("keep_aspect", default=True, tooltip="With a 2K/4K preset: keep the input's aspect ratio inside the preset frame instead of filling it exactly."),
-                io.Int.Input("patch_width", default=0, min=0, max=4096, step=16, tooltip="Patch width in pixels; 0 = the model's native width (832 for Wan 2.1). 512 like the paper also works."),
-                io.Int.Input("patch_height", default=0, min=0, max=4096, step=16, tooltip="Patch height in pixels; 0 = the model's native height (480 for Wan 2.1)."),
-                io.Int.Input("window_frames", default=0, min=0, max=1025, step=4, tooltip="Frames per temporal window (1 + 4k); 0 = the model's native length (81 for Wan 2.1). Longer clips are split into overlapping windows."),
+                io.Combo.Input(
+                    "target",
+                    options=["2K", "4K", "scale"],
+                    default="2K",
+                    tooltip="Output size: 2K = 2560x1440, 4K = 3840x2160 (turned for portrait clips), or the input times 'scale'.",
+                ),
+                io.Float.Input(
+                    "scale", default=2.0, min=1.0, max=8.0, step=0.25, tooltip="Upscale factor when target is 'scale'."
+                ),
+                io.Boolean.Input(
+                    "keep_aspect",
+                    default=True,
+                    tooltip="With a 2K/4K preset: keep the input's aspect ratio inside the preset frame instead of filling it exactly.",
+                ),
+                io.Int.Input(
+                    "patch_width",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Patch width in pixels; 0 = the model's native width (832 for Wan 2.1). 512 like the paper also works.",
+                ),
+                io.Int.Input(
+                    "patch_height",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Patch height in pixels; 0 = the model's native height (480 for Wan 2.1).",
+                ),
+                io.Int.Input(
+                    "window_frames",
+                    default=0,
+                    min=0,
+                    max=1025,
+                    step=4,
+                    tooltip="Frames per temporal window (1 + 4k); 0 = the model's native length (81 for Wan 2.1). Longer clips are split into overlapping windows.",
+                ),
             ],
             outputs=[
-                PatchPlanType.Output(display_name="plan", tooltip="The immutable patch plan for the next PatchVSR nodes."),
-                io.Image.Output(display_name="preview", tooltip="The grid over the first frame: base patches solid, bridging patches dashed."),
+                PatchPlanType.Output(
+                    display_name="plan", tooltip="The immutable patch plan for the next PatchVSR nodes."
+                ),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="The grid over the first frame: base patches solid, bridging patches dashed.",
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, model, target, scale, keep_aspect, patch_width, patch_height, window_frames, images=None, latent=None) -> io.NodeOutput:
-        plan, picture = partition(model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames)
+    def execute(
+        cls, model, target, scale, keep_aspect, patch_width, patch_height, window_frames, images=None, latent=None
+    ) -> io.NodeOutput:
+        plan, picture = partition(
+            model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames
+        )
         return io.NodeOutput(plan, picture)

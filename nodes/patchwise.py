@@ -7,9 +7,8 @@ sampler and scheduler therefore steps the fused latent, and the DiT only ever se
 
 from __future__ import annotations
 
-import torch
-
 import comfy.patcher_extension
+import torch
 
 from ..models.blend import StitchConfig
 from ..models.context import anchor_low_frequency, global_lowpass, lowpass_sigma
@@ -48,7 +47,7 @@ class PatchwiseDiffusion:
         self.step_ceiling = (step + 2) * len(self.jm.batches)
         self.progress.set((step + 1) * len(self.jm.batches))
 
-    def _anchor(self, x: torch.Tensor):
+    def _anchor(self, x: torch.Tensor, sigmas: torch.Tensor):
         """The training-free global context: a per-patch post-processing of the prediction, or None."""
         ctx = self.context
         if ctx is None or ctx.config.strength == 0.0:
@@ -57,7 +56,6 @@ class PatchwiseDiffusion:
         if self._global_lp is None or self._global_lp.device != x.device:
             g = self.latent_format.process_in(ctx.latent.to(x.device, torch.float32))
             self._global_lp = global_lowpass(g, self.jm.plan, sigma_px)
-        sigmas = self._sigmas
 
         def post(v, x_patch, patch):
             # x0 = x - sigma v (rectified flow); anchor x0's low frequencies, then back to a velocity.
@@ -69,11 +67,15 @@ class PatchwiseDiffusion:
         return post
 
     # DIFFUSION_MODEL: WanModel.forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options)
-    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+    def __call__(
+        self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs
+    ):
         if clip_fea is not None or time_dim_concat is not None:
-            raise ValueError("model: image or time-concat conditions reached PatchVSR's sampler; use a Wan T2V model and text conditioning.")
+            raise ValueError(
+                "model: image or time-concat conditions reached PatchVSR's sampler; use a Wan T2V model and text conditioning."
+            )
         batch = x.shape[0]
-        self._sigmas = transformer_options.get("sigmas", timestep / 1000.0)
+        sigmas = transformer_options.get("sigmas", timestep / 1000.0)  # [B] flow time of each batch row
 
         def run(xs, patches):
             self.progress.check()  # cancel lands within one patch batch
@@ -84,7 +86,7 @@ class PatchwiseDiffusion:
             self.progress.tick(1, self.step_ceiling - 1)
             return out
 
-        return self.jm(x, run, post=self._anchor(x))
+        return self.jm(x, run, post=self._anchor(x, sigmas))
 
 
 def attach(model, plan, stitch: StitchConfig, context, patch_batch: int, progress: Progress):
@@ -93,5 +95,7 @@ def attach(model, plan, stitch: StitchConfig, context, patch_batch: int, progres
     wrapper = PatchwiseDiffusion(jm, context, model.get_model_object("latent_format"), progress)
     patched = model.clone()
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, wrapper.prepare_sampling)
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, wrapper.prepare_sampling
+    )
     return patched, wrapper

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from comfy_api.latest import io
-
 import comfy.sample
 import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
+import torch
+from comfy_api.latest import io
 
 from ..models.blend import StitchConfig
 from ..models.flow import sigmas_from_t0
@@ -24,7 +23,9 @@ def check_inputs(model, latent, plan, context) -> None:
     family = model_family(model)
     g = plan.geometry
     if family.latent_channels != g.latent_channels:
-        raise ValueError(f"model: a {family.name} model, but the plan was made for {g.family}. Use one model for the partitioner and the sampler.")
+        raise ValueError(
+            f"model: a {family.name} model, but the plan was made for {g.family}. Use one model for the partitioner and the sampler."
+        )
     x = latent["samples"]
     want = [1, g.latent_channels, *plan.latent_shape]
     if list(x.shape) != want:
@@ -34,7 +35,9 @@ def check_inputs(model, latent, plan, context) -> None:
         )
     check_finite(x, "latent")
     if context is not None and context.plan_key != (plan.config, plan.geometry):
-        raise ValueError("context: this global context was built for another plan. Connect the same plan to the Global Context node.")
+        raise ValueError(
+            "context: this global context was built for another plan. Connect the same plan to the Global Context node."
+        )
 
 
 def load_lora(model, lora_name: str, strength: float):
@@ -91,19 +94,65 @@ class PatchSampler(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Negative text conditioning (used when cfg > 1)."),
                 io.Latent.Input("latent", tooltip="The upscaled latent from PatchVSR Upscale & Encode."),
                 PatchPlanType.Input("plan", tooltip="The plan from PatchVSR Patch Partitioner."),
-                GlobalContextType.Input("context", optional=True, tooltip="Optional global context from PatchVSR Global Context: keeps patches consistent with the whole frame."),
-                StitcherType.Input("stitcher", optional=True, tooltip="Optional PatchVSR Latent Stitcher; default: weighted with blend weight 5.0."),
-                io.Combo.Input("lora_name", options=[NO_LORA] + folder_paths.get_filename_list("loras"), default=NO_LORA,
-                               tooltip="Optional ComfyUI LoRA applied to the base model through ModelPatcher patches."),
-                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="Strength of the LoRA."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
+                GlobalContextType.Input(
+                    "context",
+                    optional=True,
+                    tooltip="Optional global context from PatchVSR Global Context: keeps patches consistent with the whole frame.",
+                ),
+                StitcherType.Input(
+                    "stitcher",
+                    optional=True,
+                    tooltip="Optional PatchVSR Latent Stitcher; default: weighted with blend weight 5.0.",
+                ),
+                io.Combo.Input(
+                    "lora_name",
+                    options=[NO_LORA] + folder_paths.get_filename_list("loras"),
+                    default=NO_LORA,
+                    tooltip="Optional ComfyUI LoRA applied to the base model through ModelPatcher patches.",
+                ),
+                io.Float.Input(
+                    "lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="Strength of the LoRA."
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."
+                ),
                 io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Denoising steps taken from t0 down to 0."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance (paper: 5.0; 1.0 halves the cost)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler", tooltip="Any ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple", tooltip="Any ComfyUI scheduler; its spacing is kept below t0."),
-                io.Float.Input("t0", default=0.3, min=0.01, max=1.0, step=0.01,
-                               tooltip="Start noise level as flow time: 0.3 keeps the input's structure and adds detail; 1.0 starts from pure noise (for trained adapters)."),
-                io.Int.Input("patch_batch", default=1, min=1, max=64, tooltip="Patches per DiT call: more is faster on a big GPU, memory grows with it."),
+                io.Float.Input(
+                    "cfg",
+                    default=5.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance (paper: 5.0; 1.0 halves the cost).",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.SAMPLER_NAMES,
+                    default="euler",
+                    tooltip="Any ComfyUI sampler.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.SCHEDULER_NAMES,
+                    default="simple",
+                    tooltip="Any ComfyUI scheduler; its spacing is kept below t0.",
+                ),
+                io.Float.Input(
+                    "t0",
+                    default=0.3,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Start noise level as flow time: 0.3 keeps the input's structure and adds detail; 1.0 starts from pure noise (for trained adapters).",
+                ),
+                io.Int.Input(
+                    "patch_batch",
+                    default=1,
+                    min=1,
+                    max=64,
+                    tooltip="Patches per DiT call: more is faster on a big GPU, memory grows with it.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The full-size denoised latent.")],
         )

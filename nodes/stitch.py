@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..models.blend import StitchConfig, StitchMode, weight_maps
 from ..models.plan import PlanConfig, make_plan
 from ..models.preview import weight_picture
 from .types import CATEGORY, PatchPlanType, StitcherType
-
-import torch.nn.functional as F
 
 # Shown when no plan is connected: a 3x3 grid of 32-cell patches.
 EXAMPLE_PLAN = PlanConfig((1, 96, 96), (32, 32), 1)
@@ -35,16 +34,33 @@ class LatentStitcher(io.ComfyNode):
             description="How overlapping patch predictions are fused at every denoising step: sum(w * x) / sum(w). "
             "'weighted' is the paper's scheme; 'average' and 'naive' are there to compare.",
             inputs=[
-                io.Combo.Input("mode", options=[m.value for m in StitchMode], default=StitchMode.WEIGHTED.value,
-                               tooltip="weighted: bridging patches fade linearly from their centre line, the intersection patch is amplified. "
-                               "average: all patches count the same (shows 'black holes'). naive: base grid only, no bridging patches (shows seams)."),
-                io.Float.Input("blend_weight", default=5.0, min=1.0, max=50.0, step=0.5,
-                               tooltip="Amplification of the patch shared at four-patch intersections (paper supplement: 5.0)."),
-                PatchPlanType.Input("plan", optional=True, tooltip="Optional: show the weight maps of this plan instead of an example grid."),
+                io.Combo.Input(
+                    "mode",
+                    options=[m.value for m in StitchMode],
+                    default=StitchMode.WEIGHTED.value,
+                    tooltip="weighted: bridging patches fade linearly from their centre line, the intersection patch is amplified. "
+                    "average: all patches count the same (shows 'black holes'). naive: base grid only, no bridging patches (shows seams).",
+                ),
+                io.Float.Input(
+                    "blend_weight",
+                    default=5.0,
+                    min=1.0,
+                    max=50.0,
+                    step=0.5,
+                    tooltip="Amplification of the patch shared at four-patch intersections (paper supplement: 5.0).",
+                ),
+                PatchPlanType.Input(
+                    "plan",
+                    optional=True,
+                    tooltip="Optional: show the weight maps of this plan instead of an example grid.",
+                ),
             ],
             outputs=[
                 StitcherType.Output(display_name="stitcher", tooltip="Connect to PatchVSR Sampler."),
-                io.Image.Output(display_name="weights", tooltip="Each patch kind's share of the weight: base blue, horizontal bridges red, vertical orange, intersections magenta."),
+                io.Image.Output(
+                    display_name="weights",
+                    tooltip="Each patch kind's share of the weight: base blue, horizontal bridges red, vertical orange, intersections magenta.",
+                ),
             ],
         )
 

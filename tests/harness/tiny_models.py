@@ -1,7 +1,7 @@
 """Builds tiny real-architecture Wan models from ComfyUI's own classes, with fixed-seed random weights, and
 saves them as safetensors that the stock UNETLoader and VAELoader auto-detect.
 
-Run in the host interpreter (it imports ComfyUI):  python -m tests.host.tiny_models OUT_DIR
+Run in the host interpreter (it imports ComfyUI):  python -m harness.tiny_models OUT_DIR
 Writes OUT_DIR/diffusion_models/<name>.safetensors and OUT_DIR/vae/<name>.safetensors.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the recipe changes, so cached files are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class TinyWan:
     dim: int = 128  # ComfyUI detects num_heads = dim // 128, so dim is a multiple of 128
     ffn_dim: int = 256
     num_layers: int = 2
-    in_dim: int = 16  # latent channels: 16 for Wan 2.1, 48 for Wan 2.2 TI2V-5B
+    in_dim: int = 16  # latent channels: 16 for Wan 2.1, 48 for Wan 2.2 TI2V-5B; 36 for Wan 2.1 I2V
+    model_type: str = "t2v"
     seed: int = 0
 
 
@@ -34,13 +35,32 @@ class TinyVae:
 
 
 DIT = TinyWan("patchvsr-tiny-wan21-t2v")
+# An image-to-video Wan: the wrong family for PatchVSR, so the tests can check the error it gets.
+DIT_I2V = TinyWan("patchvsr-tiny-wan21-i2v", in_dim=36, model_type="i2v", seed=2)
 VAE = TinyVae("patchvsr-tiny-wan21-vae")
+LORA_NAME = "patchvsr-tiny-wan21-lora"  # rank 4 on every block's self-attention q and o, in ComfyUI's key naming
+
+
+def tiny_lora(dim: int, layers: int, rank: int = 4, seed: int = 3) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i in range(layers):
+        for name in ("self_attn.q", "self_attn.o"):
+            key = f"diffusion_model.blocks.{i}.{name}"
+            sd[f"{key}.lora_down.weight"] = torch.randn(rank, dim, generator=gen) / dim**0.5
+            sd[f"{key}.lora_up.weight"] = torch.randn(dim, rank, generator=gen)
+            sd[f"{key}.alpha"] = torch.tensor(float(rank))
+    return sd
 
 
 def files(out_dir: Path) -> dict[str, Path]:
     return {
         "dit": out_dir / "diffusion_models" / f"{DIT.name}.safetensors",
+        "dit_i2v": out_dir / "diffusion_models" / f"{DIT_I2V.name}.safetensors",
         "vae": out_dir / "vae" / f"{VAE.name}.safetensors",
+        "lora": out_dir / "loras" / f"{LORA_NAME}.safetensors",
     }
 
 
@@ -65,26 +85,29 @@ def _init_(module, seed: int) -> None:
 
 
 def build(out_dir: Path) -> dict[str, Path]:
-    import torch
-    from safetensors.torch import save_file
-
     import comfy.ldm.wan.model
     import comfy.ldm.wan.vae
     import comfy.ops
+    import torch
+    from safetensors.torch import save_file
 
     paths = files(out_dir)
     meta = {"recipe": str(RECIPE_VERSION)}
-    dit = comfy.ldm.wan.model.WanModel(
-        model_type="t2v",
-        dim=DIT.dim,
-        ffn_dim=DIT.ffn_dim,
-        num_heads=DIT.dim // 128,
-        num_layers=DIT.num_layers,
-        in_dim=DIT.in_dim,
-        out_dim=DIT.in_dim,
-        operations=comfy.ops.disable_weight_init,
-    )
-    _init_(dit, DIT.seed)
+
+    def wan(cfg: TinyWan):
+        dit = comfy.ldm.wan.model.WanModel(
+            model_type=cfg.model_type,
+            dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim,
+            num_heads=cfg.dim // 128,
+            num_layers=cfg.num_layers,
+            in_dim=cfg.in_dim,
+            out_dim=16,
+            operations=comfy.ops.disable_weight_init,
+        )
+        _init_(dit, cfg.seed)
+        return dit
+
     vae = comfy.ldm.wan.vae.WanVAE(
         dim=VAE.dim,
         z_dim=16,
@@ -94,10 +117,12 @@ def build(out_dir: Path) -> dict[str, Path]:
         temperal_downsample=[False, True, True],
     )
     _init_(vae, VAE.seed)
-    for key, module, cfg in (("dit", dit, DIT), ("vae", vae, VAE)):
+    for key, module, cfg in (("dit", wan(DIT), DIT), ("dit_i2v", wan(DIT_I2V), DIT_I2V), ("vae", vae, VAE)):
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(paths[key]), metadata=meta | {k: str(v) for k, v in asdict(cfg).items()})
+    paths["lora"].parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_lora(DIT.dim, DIT.num_layers), str(paths["lora"]), metadata=meta)
     return paths
 
 
@@ -114,11 +139,23 @@ def ensure(out_dir: Path) -> dict[str, Path]:
     return build(out_dir)
 
 
+def ensure_in_subprocess(out_dir: Path) -> Path:
+    """Runs `ensure` in the host interpreter, keeping ComfyUI's global state out of the caller."""
+    import subprocess
+
+    from harness.paths import REPO, host_python
+
+    subprocess.run(
+        [host_python(), "-m", "harness.tiny_models", str(out_dir)], cwd=REPO / "tests", check=True, capture_output=True
+    )
+    return out_dir
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
-    from tests.host.paths import comfy_root
+    from harness.paths import comfy_root
 
     root = str(comfy_root())
     if root not in sys.path:

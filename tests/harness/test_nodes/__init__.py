@@ -1,7 +1,7 @@
 """Test-only nodes, loaded into the test server beside the pack but never shipped with it.
 
 No text-encoder weights exist on the test machines, so conditioning comes from here: zero text tokens of
-the shape a Wan text encoder (umT5-XXL) produces.
+the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validation tests a NaN.
 """
 
 import torch
@@ -26,9 +26,29 @@ class ZeroTextConditioning(io.ComfyNode):
         return io.NodeOutput([[torch.zeros(1, tokens, WAN_TEXT_DIM), {}]])
 
 
+class PoisonImages(io.ComfyNode):
+    """Returns a copy of the frames with one NaN pixel, to check the pack rejects non-finite input."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_PoisonImages",
+            display_name="Poison Images (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Image.Input("images", tooltip="Frames to copy with one NaN pixel.")],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, images) -> io.NodeOutput:
+        out = images.clone()
+        out[0, 0, 0, 0] = float("nan")
+        return io.NodeOutput(out)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning]
+        return [ZeroTextConditioning, PoisonImages]
 
 
 async def comfy_entrypoint():

@@ -34,12 +34,14 @@ class PromptResult:
     error: dict = field(default_factory=dict)  # the rejection body, or the execution_error message
     messages: list = field(default_factory=list)  # every websocket message about this prompt
 
-    def files(self, output_dir: Path, kind: str = "images") -> list[Path]:
-        """Paths of the files the output nodes wrote, e.g. kind='images' for SaveVideo/SaveImage."""
+    def files(self, output_dir: Path, suffix: str = ".mp4") -> list[Path]:
+        """Paths of the files that output nodes saved to the output folder (not temp previews)."""
         paths = []
         for out in self.outputs.values():
-            for item in out.get(kind, []):
-                paths.append(output_dir / item.get("subfolder", "") / item["filename"])
+            items = [i for v in out.values() if isinstance(v, list) for i in v if isinstance(i, dict)]
+            for item in items:
+                if item.get("type") == "output" and item.get("filename", "").endswith(suffix):
+                    paths.append(output_dir / item.get("subfolder", "") / item["filename"])
         return paths
 
 

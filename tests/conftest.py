@@ -1,0 +1,46 @@
+"""Shared fixtures. Unit tests import the pure-PyTorch core directly; integration tests get one real
+ComfyUI server per session (see tests/host)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The repo root (for the pure-PyTorch `models` package) and tests/ (for the `harness` package). The pack's
+# own __init__.py is never imported here: it needs a running ComfyUI.
+for path in (REPO, REPO / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from harness.paths import WORK  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    from harness.tiny_models import ensure_in_subprocess
+
+    return ensure_in_subprocess(WORK / "models")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models):
+    from harness.runs import make_clip
+    from harness.server import ComfyServer
+
+    base = WORK / "pytest-server"
+    shutil.rmtree(base, ignore_errors=True)
+    with ComfyServer(base, tiny_models) as srv:
+        # 1 frame keeps the 2K/4K decode of the tiny VAE inside CI's time on 2 cores.
+        make_clip(srv.input_dir / "patchvsr_example.mp4", frames=1)
+        make_clip(srv.input_dir / "clip_5f.mp4", width=128, height=80, frames=5)
+        make_clip(srv.input_dir / "clip_4f.mp4", width=128, height=80, frames=4)
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def object_info(server) -> dict:
+    return server.object_info()

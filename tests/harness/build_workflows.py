@@ -1,0 +1,170 @@
+"""Authoring tool for the files in workflows/: writes UI-format workflow JSON from a compact graph
+description, with inputs, outputs and widget order taken from a running server's /object_info.
+
+    cd tests && ../.venv/bin/python -m harness.build_workflows   # starts a test server, rewrites workflows/*.json
+
+The shipped JSON files are the source of truth the tests run; this only saves hand-editing them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .paths import REPO, WORK
+from .workflow import _extra_slots, _inputs, _is_widget
+
+# Model file names as the Comfy-Org repackaged Wan 2.1 files are called in an artist's install.
+WAN_DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+POSITIVE = "a detailed, sharp, high resolution video"
+NEGATIVE = "blurry, low resolution, compression artifacts, oversmoothed, static"
+INPUT_CLIP = "patchvsr_example.mp4"
+
+
+def build(graph: list[dict], object_info: dict, note: str) -> dict:
+    """graph: [{id, type, pos, widgets: {name: value}, links: {input: (node id, output slot)}}]."""
+    nodes, links = [], []
+    by_id = {g["id"]: g for g in graph}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for g in graph:
+        for name, (src, slot) in g.get("links", {}).items():
+            links.append([len(links) + 1, src, slot, g["id"], name, None])
+            out_links.setdefault((src, slot), []).append(len(links))
+    for order, g in enumerate(graph):
+        info = object_info[g["type"]]
+        inputs, values = [], []
+        for name, spec in _inputs(info):
+            link_ids = [lk[0] for lk in links if lk[3] == g["id"] and lk[4] == name]
+            typ = "COMBO" if isinstance(spec[0], list) else spec[0]
+            if _is_widget(spec):
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if name in g.get("widgets", {}):
+                    value = g["widgets"][name]
+                elif "default" in opts:
+                    value = opts["default"]
+                elif isinstance(spec[0], list):
+                    value = spec[0][0] if spec[0] else ""
+                else:  # V3 combos list their options in the dict
+                    value = opts.get("options", [""])[0]
+                values.append(value)
+                if opts.get("control_after_generate"):
+                    values.append("fixed")
+                if _extra_slots(spec) > (1 if opts.get("control_after_generate") else 0):
+                    values.append("image")  # the upload button's stored value
+                if link_ids:
+                    inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": link_ids[0]})
+            else:
+                inputs.append({"name": name, "type": typ, "link": link_ids[0] if link_ids else None})
+        outputs = [
+            {"name": oname, "type": otype, "links": out_links.get((g["id"], i), []), "slot_index": i}
+            for i, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))
+        ]
+        nodes.append({
+            "id": g["id"], "type": g["type"], "pos": list(g["pos"]), "size": list(g.get("size", [320, 160])),
+            "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": g["type"]}, "widgets_values": values,
+            **({"title": g["title"]} if "title" in g else {}),
+        })  # fmt: skip
+    # Links carry their type and the target's slot index, as the frontend saves them.
+    for lk in links:
+        src, slot, dst, name = lk[1], lk[2], lk[3], lk[4]
+        lk[5] = object_info[by_id[src]["type"]]["output"][slot]
+        dst_node = next(n for n in nodes if n["id"] == dst)
+        lk[4] = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
+    note_id = max(g["id"] for g in graph) + 1
+    nodes.append({
+        "id": note_id, "type": "MarkdownNote", "pos": [20, -260], "size": [620, 220], "flags": {}, "order": len(nodes),
+        "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note], "title": "About this workflow",
+    })  # fmt: skip
+    return {
+        "last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
+        "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+    }  # fmt: skip
+
+
+def loaders() -> list[dict]:
+    return [
+        {"id": 1, "type": "UNETLoader", "pos": [20, 0], "widgets": {"unet_name": WAN_DIT}},
+        {"id": 2, "type": "VAELoader", "pos": [20, 200], "widgets": {"vae_name": WAN_VAE}},
+        {"id": 3, "type": "CLIPLoader", "pos": [20, 330], "widgets": {"clip_name": WAN_TEXT, "type": "wan"}},
+        {"id": 4, "type": "CLIPTextEncode", "pos": [380, 280], "title": "Positive", "widgets": {"text": POSITIVE}, "links": {"clip": (3, 0)}},
+        {"id": 5, "type": "CLIPTextEncode", "pos": [380, 480], "title": "Negative", "widgets": {"text": NEGATIVE}, "links": {"clip": (3, 0)}},
+    ]  # fmt: skip
+
+
+def patchvsr_chain(src: dict, target: str, fps_link) -> list[dict]:
+    """The five PatchVSR nodes after a source: src maps 'images' or 'latent' to (node, slot)."""
+    return [
+        {"id": 20, "type": "PatchVSR_Partitioner", "pos": [760, 0], "widgets": {"target": target}, "links": {"model": (1, 0), **src}},
+        {"id": 21, "type": "PatchVSR_UpscaleEncode", "pos": [1120, 0], "links": {"plan": (20, 0), "vae": (2, 0), **src}},
+        {"id": 22, "type": "PatchVSR_GlobalContext", "pos": [1120, 220], "links": {"plan": (20, 0), "vae": (2, 0), **src}},
+        {"id": 23, "type": "PatchVSR_Stitcher", "pos": [1120, 470], "links": {"plan": (20, 0)}},
+        {"id": 24, "type": "PatchVSR_Sampler", "pos": [1480, 0], "size": [340, 420], "widgets": {"steps": 20, "cfg": 5.0, "t0": 0.3},
+         "links": {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent": (21, 0), "plan": (20, 0), "context": (22, 0), "stitcher": (23, 0)}},
+        {"id": 25, "type": "PatchVSR_Decode", "pos": [1860, 0], "links": {"samples": (24, 0), "vae": (2, 0)}},
+        {"id": 26, "type": "CreateVideo", "pos": [2200, 0], "links": {"images": (25, 0), **fps_link}},
+        {"id": 27, "type": "SaveVideo", "pos": [2200, 200], "widgets": {"filename_prefix": f"PatchVSR/{target}", "format": "mp4", "codec": "h264"}, "links": {"video": (26, 0)}},
+        {"id": 28, "type": "PreviewImage", "pos": [760, 330], "title": "Patch grid", "links": {"images": (20, 1)}},
+    ]  # fmt: skip
+
+
+def from_video(target: str) -> list[dict]:
+    return loaders() + [
+        {"id": 10, "type": "LoadVideo", "pos": [380, 0], "widgets": {"file": INPUT_CLIP}},
+        {"id": 11, "type": "GetVideoComponents", "pos": [380, 140], "links": {"video": (10, 0)}},
+    ] + patchvsr_chain({"images": (11, 0)}, target, {"fps": (11, 2)})  # fmt: skip
+
+
+def from_t2v() -> list[dict]:
+    return loaders() + [
+        {"id": 10, "type": "EmptyHunyuanLatentVideo", "pos": [380, 0], "title": "Wan T2V size",
+         "widgets": {"width": 832, "height": 480, "length": 81, "batch_size": 1}},
+        {"id": 11, "type": "KSampler", "pos": [380, 640], "title": "Wan T2V sampler", "size": [320, 300],
+         "widgets": {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0},
+         "links": {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent_image": (10, 0)}},
+    ] + patchvsr_chain({"latent": (11, 0)}, "2K", {})  # fmt: skip
+
+
+NOTES = {
+    "patchvsr_2k_from_video.json": (
+        "## PatchVSR: video file to 2K\n"
+        "Put your clip in ComfyUI's input folder and pick it in **Load Video** (1 + 4k frames, e.g. 81). The "
+        "partitioner plans 832x480 patches over 2560x1440 with bridging patches over every seam; the sampler "
+        "denoises them at the model's native size and fuses them at every step, so there are no seams and "
+        "memory depends on the patch, not the output. Models: Wan 2.1 T2V 1.3B, its VAE, umT5-XXL.\n"
+        "Raise **t0** for more new detail, lower it for more fidelity; **Global Context** strength keeps colour consistent."
+    ),
+    "patchvsr_4k_from_video.json": (
+        "## PatchVSR: video file to 4K\n"
+        "As the 2K workflow, with the 4K preset (3840x2160): 5x5 base patches plus bridges. Tiled encode and "
+        "decode keep memory bounded; expect about 2.25x the 2K time."
+    ),
+    "patchvsr_t2v_to_2k.json": (
+        "## Wan T2V straight into PatchVSR\n"
+        "The T2V sampler's latent goes to PatchVSR without a round trip through a video file. Upscale & Encode "
+        "decodes, upscales and re-encodes it (exact); set latent_mode to 'latent bicubic' for the fast path."
+    ),
+}
+
+
+def main() -> None:
+    from .server import ComfyServer
+    from .tiny_models import ensure_in_subprocess
+
+    models = ensure_in_subprocess(WORK / "models")
+    with ComfyServer(WORK / "build-workflows", models, with_test_nodes=False) as server:
+        info = server.object_info()
+    graphs = {
+        "patchvsr_2k_from_video.json": from_video("2K"),
+        "patchvsr_4k_from_video.json": from_video("4K"),
+        "patchvsr_t2v_to_2k.json": from_t2v(),
+    }
+    for name, graph in graphs.items():
+        path = REPO / "workflows" / name
+        path.write_text(json.dumps(build(graph, info, NOTES[name]), indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Running the shipped workflows on the tiny models: the synthetic input clip and the test-size overrides
+shared by the integration tests and the README's main-job command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .build_workflows import INPUT_CLIP
+from .tiny_models import DIT, VAE
+from .workflow import override, replace, to_api
+
+
+def make_clip(path: Path, width: int = 256, height: int = 144, frames: int = 9, fps: int = 16) -> Path:
+    """Writes a synthetic mp4 (moving colour bands and a bright square) with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=fps, codec="libx264", quality=9, macro_block_size=1, pix_fmt_out="yuv444p"
+    )
+    writer.send(None)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(frames):
+        r = 0.5 + 0.5 * np.sin(x / 9.0 + i * 0.4)
+        g = 0.5 + 0.5 * np.sin(y / 7.0 - i * 0.3)
+        b = 0.5 + 0.5 * np.sin((x + y) / 23.0)
+        frame = np.stack([r, g, b], -1)
+        s = 8 + 4 * i
+        frame[20:44, s : s + 24] = 1.0
+        writer.send((frame * 255).astype(np.uint8).tobytes())
+    writer.close()
+    return path
+
+
+def tiny_prompt(
+    workflow: Path, object_info: dict, steps: int = 2, t2v_size: tuple[int, int, int] = (256, 144, 1)
+) -> dict:
+    """The shipped workflow as an API prompt, pointed at the tiny models with zero text conditioning and
+    `steps` sampling steps. Nothing else of the file changes."""
+    prompt = to_api(json.loads(Path(workflow).read_text()), object_info)
+    prompt = override(prompt, "UNETLoader", unet_name=f"{DIT.name}.safetensors")
+    prompt = override(prompt, "VAELoader", vae_name=f"{VAE.name}.safetensors")
+    prompt = replace(prompt, object_info, "CLIPTextEncode", "PatchVSRTest_ZeroTextConditioning", tokens=8)
+    prompt = override(prompt, "PatchVSR_Sampler", steps=steps)
+    kinds = {n["class_type"] for n in prompt.values()}
+    if "EmptyHunyuanLatentVideo" in kinds:
+        w, h, n = t2v_size
+        prompt = override(prompt, "EmptyHunyuanLatentVideo", width=w, height=h, length=n)
+        prompt = override(prompt, "KSampler", steps=steps)
+    if "LoadVideo" in kinds:
+        prompt = override(prompt, "LoadVideo", file=INPUT_CLIP)
+    return prompt

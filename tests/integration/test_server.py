@@ -1,0 +1,86 @@
+"""The pack in a real ComfyUI server, driven over its HTTP API like an artist's frontend would."""
+
+import json
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+from harness.paths import REPO
+from harness.runs import tiny_prompt
+from harness.tiny_models import DIT, VAE
+
+pytestmark = pytest.mark.integration
+PACK_NODES = ["PatchVSR_Partitioner", "PatchVSR_UpscaleEncode", "PatchVSR_GlobalContext", "PatchVSR_Stitcher", "PatchVSR_Sampler", "PatchVSR_Decode"]  # fmt: skip
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+def video_size(path: Path) -> tuple[int, int, int]:
+    """(width, height, frames) of an mp4, read with imageio-ffmpeg."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    return meta["size"][0], meta["size"][1], frames
+
+
+def test_pack_loads_every_node(object_info):
+    missing = [n for n in PACK_NODES if n not in object_info]
+    assert not missing, f"the pack did not load these nodes: {missing}"
+    for node in PACK_NODES:
+        spec = object_info[node]["input"]
+        for name, (_, *opts) in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+            assert opts and opts[0].get("tooltip"), f"{node}.{name} has no tooltip"
+
+
+def test_workflows_are_served_as_templates(server):
+    templates = server.get("/workflow_templates")
+    names = {n for files in templates.values() for n in files}
+    assert {p.stem for p in WORKFLOWS} <= names, templates
+
+
+def test_stock_loaders_detect_tiny_models(object_info):
+    assert f"{DIT.name}.safetensors" in object_info["UNETLoader"]["input"]["required"]["unet_name"][0]
+    assert f"{VAE.name}.safetensors" in object_info["VAELoader"]["input"]["required"]["vae_name"][0]
+
+
+def t2v_prompt(width=64, height=64, length=5):
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{DIT.name}.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": f"{VAE.name}.safetensors"}},
+        "3": {"class_type": "PatchVSRTest_ZeroTextConditioning", "inputs": {"tokens": 8}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": width, "height": height, "length": length, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+                                                    "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["2", 0]}},
+        "7": {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 16.0}},
+        "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": "tests/t2v", "format": "mp4", "codec": "h264"}},
+    }  # fmt: skip
+
+
+def test_plain_wan_t2v_graph_runs_on_tiny_models(server):
+    result = server.run(t2v_prompt())
+    assert result.status == "success", result.error
+    (video,) = result.files(server.output_dir)
+    assert video_size(video) == (64, 64, 5)
+
+
+def test_bad_input_is_rejected_and_server_keeps_serving(server):
+    bad = t2v_prompt()
+    bad["5"]["inputs"]["steps"] = 0  # below the widget's minimum
+    result = server.run(bad)
+    assert result.status == "rejected"
+    assert "5" in result.error["node_errors"], result.error
+    assert "steps" in json.dumps(result.error["node_errors"]["5"])
+    assert server.run(t2v_prompt(length=1)).status == "success"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_shipped_workflow_runs_and_hits_target_size(server, object_info, workflow):
+    prompt = tiny_prompt(workflow, object_info)
+    result = server.run(prompt)
+    assert result.status == "success", json.dumps(result.error)[:3000]
+    (video,) = result.files(server.output_dir)
+    width, height, frames = video_size(video)
+    target = next(n for n in prompt.values() if n["class_type"] == "PatchVSR_Partitioner")["inputs"]["target"]
+    # 2K/4K presets keep the 16:9 test clips' aspect inside the preset frame: exactly the preset.
+    assert (width, height) == {"2K": (2560, 1440), "4K": (3840, 2160)}[target]
+    assert frames >= 1
