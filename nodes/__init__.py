@@ -1,9 +1,21 @@
 """The pack's graph nodes, one module per node family. Node ids are permanent once shipped."""
 
+from .adapter import AdapterLoader, register_folder
 from .context import GlobalContextEncoder
 from .encode import TiledDecode, UpscaleEncode
 from .partition import PatchPartitioner
 from .sampler import PatchSampler
 from .stitch import LatentStitcher
+from .train import AdapterTrainer
 
-NODES = [PatchPartitioner, UpscaleEncode, GlobalContextEncoder, LatentStitcher, PatchSampler, TiledDecode]
+NODES = [
+    PatchPartitioner,
+    UpscaleEncode,
+    GlobalContextEncoder,
+    LatentStitcher,
+    PatchSampler,
+    TiledDecode,
+    AdapterLoader,
+    AdapterTrainer,
+]
+__all__ = ["NODES", "register_folder"]

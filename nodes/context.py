@@ -14,7 +14,7 @@ from ..models.flow import noise_to
 from ..models.video import resize_frames
 from .encode import check_lr_input
 from .host import FAMILIES, check_vae, vae_encode
-from .types import CATEGORY, GlobalContextType, PatchPlanType
+from .sockets import CATEGORY, GlobalContextType, PatchPlanType
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from einops import rearrange
 
 from ..models.video import encode_upscaled_tiled
 from .host import FAMILIES, Progress, check_finite, check_vae, vae_encode
-from .types import CATEGORY, PatchPlanType
+from .sockets import CATEGORY, PatchPlanType
 
 
 def check_lr_input(plan, images, latent) -> None:

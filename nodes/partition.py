@@ -9,7 +9,7 @@ from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target
 from ..models.preview import draw_plan
 from ..models.video import resize_frames
 from .host import check_finite, check_frames, model_family
-from .types import CATEGORY, PatchPlanType
+from .sockets import CATEGORY, PatchPlanType
 
 PREVIEW_LONG_SIDE = 1024
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import comfy.patcher_extension
 import torch
 
+from ..models import adapter_runtime as rt
 from ..models.blend import StitchConfig
 from ..models.context import anchor_low_frequency, global_lowpass, lowpass_sigma
+from ..models.flow import noise_to
 from ..models.joint import JointModulation, crop
 from .host import Progress
 
@@ -25,14 +27,56 @@ def _repeat_batch(value, k: int, batch: int):
     return value
 
 
+class AdapterInputs:
+    """What a trained adapter reads per patch: the LR patch latent noised to its t (fixed noise, so every
+    step sees the same condition), the global latent with the patch's location mask, micro-conditions.
+    Global tokens do not change between steps, so they are computed once per patch and cached."""
+
+    def __init__(self, loaded, dm, plan, context, lr_latent: torch.Tensor, latent_format, seed: int):
+        self.loaded, self.dm, self.plan, self.context = loaded, dm, plan, context
+        cfg = loaded.config
+        gen = torch.Generator().manual_seed(seed + 1)  # not the sampler's noise: an independent draw
+        lr = latent_format.process_in(lr_latent.float())
+        self.lr_noised = noise_to(lr, cfg.patch_noise_t, torch.randn(lr.shape, generator=gen))
+        self.global_noised = latent_format.process_in(context.noised.float())
+        self.box_index = {box: i for i, box in enumerate(plan.boxes)}
+        self.tokens: dict = {}
+
+    def _tokens(self, adapter, patch, device, dtype) -> torch.Tensor:
+        if patch not in self.tokens:
+            win, box = patch
+            g = self.global_noised[:, :, win.t0 : win.t1].to(device, dtype)
+            mask = rt.location_mask_volume(self.context.masks[self.box_index[box]][None], win.length).to(g)
+            t = torch.full((1,), adapter.cfg.global_noise_t, device=device)
+            prompt = rt.fixed_prompt(self.dm, 1, device, dtype)
+            self.tokens[patch] = adapter.global_branch(
+                g, mask, rt.time_modulation(self.dm, t, dtype), rt.rope_fn(self.dm, device, dtype), prompt
+            )
+        return self.tokens[patch]
+
+    def call(self, patches, batch: int, device, dtype) -> rt.AdapterCall:
+        adapter = self.loaded.patcher.model
+        _, H, W = self.plan.latent_shape
+        lr, micro, tokens = [], [], []
+        for win, box in patches:
+            lr.append(crop(self.lr_noised, win, box).to(device, dtype).expand(batch, -1, -1, -1, -1))
+            frac = (box.y0 / H, box.x0 / W, box.y1 / H, box.x1 / W)
+            micro.append(rt.micro_vector(self.plan.geometry.scale, adapter.cfg.patch_noise_t, frac, batch, device))
+            tokens.append(self._tokens(adapter, (win, box), device, dtype).expand(batch, -1, -1))
+        return rt.compute_call(self.dm, adapter, torch.cat(lr), torch.cat(micro), tokens=torch.cat(tokens))
+
+
 class PatchwiseDiffusion:
     """The DIFFUSION_MODEL and PREPARE_SAMPLING wrappers of one sampling run."""
 
-    def __init__(self, jm: JointModulation, context, latent_format, progress: Progress):
+    def __init__(
+        self, jm: JointModulation, context, latent_format, progress: Progress, adapter: AdapterInputs | None = None
+    ):
         self.jm = jm
         self.context = context
         self.latent_format = latent_format
         self.progress = progress
+        self.adapter = adapter
         self.step_ceiling = len(jm.batches)  # progress never runs ahead of the sampler's step count
         self._global_lp = None
 
@@ -81,6 +125,8 @@ class PatchwiseDiffusion:
             self.progress.check()  # cancel lands within one patch batch
             k = len(patches)
             opts = dict(transformer_options, patchvsr={"patches": tuple(patches), "batch": batch})
+            if self.adapter is not None:
+                opts[rt.CALL_KEY] = self.adapter.call(patches, batch, xs.device, xs.dtype)
             extra = {name: _repeat_batch(v, k, batch) for name, v in kwargs.items()}
             out = executor(xs, timestep.repeat(k), context.repeat(k, 1, 1), None, None, opts, **extra)
             self.progress.tick(1, self.step_ceiling - 1)
@@ -89,11 +135,31 @@ class PatchwiseDiffusion:
         return self.jm(x, run, post=self._anchor(x, sigmas))
 
 
-def attach(model, plan, stitch: StitchConfig, context, patch_batch: int, progress: Progress):
-    """A clone of `model` that denoises patch-wise; the input model is left untouched."""
+def attach(
+    model,
+    plan,
+    stitch: StitchConfig,
+    context,
+    patch_batch: int,
+    progress: Progress,
+    adapter=None,
+    lr_latent=None,
+    seed: int = 0,
+):
+    """A clone of `model` that denoises patch-wise (with the adapter's block patches when one is given);
+    the input model is left untouched."""
     jm = JointModulation.build(plan, stitch, patch_batch)
-    wrapper = PatchwiseDiffusion(jm, context, model.get_model_object("latent_format"), progress)
+    latent_format = model.get_model_object("latent_format")
     patched = model.clone()
+    inputs = None
+    if adapter is not None:
+        dm = model.get_model_object("diffusion_model")
+        inputs = AdapterInputs(adapter, dm, plan, context, lr_latent, latent_format, seed)
+        for i, block in enumerate(dm.blocks):
+            patched.set_model_patch_replace(rt.block_patch(adapter.patcher.model, i, block), "dit", "double_block", i)
+        # ComfyUI loads and offloads the adapter's weights together with the model.
+        patched.set_additional_models(WRAPPER_KEY, [adapter.patcher])
+    wrapper = PatchwiseDiffusion(jm, context, latent_format, progress, inputs)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, wrapper.prepare_sampling

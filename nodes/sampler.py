@@ -12,14 +12,15 @@ from comfy_api.latest import io
 
 from ..models.blend import StitchConfig
 from ..models.flow import sigmas_from_t0
+from .adapter import base_dims
 from .host import Progress, check_finite, model_family
 from .patchwise import attach
-from .types import CATEGORY, GlobalContextType, PatchPlanType, StitcherType
+from .sockets import CATEGORY, AdapterType, GlobalContextType, PatchPlanType, StitcherType
 
 NO_LORA = "None"
 
 
-def check_inputs(model, latent, plan, context) -> None:
+def check_inputs(model, latent, plan, context, adapter=None) -> None:
     family = model_family(model)
     g = plan.geometry
     if family.latent_channels != g.latent_channels:
@@ -38,6 +39,20 @@ def check_inputs(model, latent, plan, context) -> None:
         raise ValueError(
             "context: this global context was built for another plan. Connect the same plan to the Global Context node."
         )
+    if adapter is not None:
+        if adapter.base_key != base_dims(model):
+            raise ValueError(
+                f"adapter: '{adapter.name}' was loaded for a model of (dim, layers, heads, channels) {adapter.base_key}, "
+                f"this one is {base_dims(model)}. Connect the same model to the Adapter Loader and the sampler."
+            )
+        if context is None:
+            raise ValueError("context: a trained adapter needs the global context. Connect PatchVSR Global Context.")
+
+
+def apply_adapter_lora(model, adapter):
+    """A clone of `model` with the adapter's LoRA merged through ComfyUI's own LoRA loading."""
+    patched, _ = comfy.sd.load_lora_for_models(model, None, adapter.patcher.model.lora_state_dict(), 1.0, 0.0)
+    return patched
 
 
 def load_lora(model, lora_name: str, strength: float):
@@ -53,13 +68,15 @@ def load_lora(model, lora_name: str, strength: float):
 
 
 def sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength, seed, steps, cfg,
-           sampler_name, scheduler, t0, patch_batch) -> dict:  # fmt: skip
-    check_inputs(model, latent, plan, context)
+           sampler_name, scheduler, t0, patch_batch, adapter=None) -> dict:  # fmt: skip
+    check_inputs(model, latent, plan, context, adapter)
     stitch = stitcher if stitcher is not None else StitchConfig()
     model = load_lora(model, lora_name, lora_strength)
+    if adapter is not None:
+        model = apply_adapter_lora(model, adapter)
     # 1. Patch-wise clone: the wrapper runs the DiT per patch batch and fuses at every evaluation.
     progress = Progress(1)
-    patched, wrapper = attach(model, plan, stitch, context, patch_batch, progress)
+    patched, wrapper = attach(model, plan, stitch, context, patch_batch, progress, adapter, latent["samples"], seed)
     progress.total = steps * len(wrapper.jm.batches)
     # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`.
     model_sampling = patched.get_model_object("model_sampling")
@@ -103,6 +120,12 @@ class PatchSampler(io.ComfyNode):
                     "stitcher",
                     optional=True,
                     tooltip="Optional PatchVSR Latent Stitcher; default: weighted with blend weight 5.0.",
+                ),
+                AdapterType.Input(
+                    "adapter",
+                    optional=True,
+                    tooltip="Optional trained PatchVSR adapter from PatchVSR Adapter Loader (needs the global context). "
+                    "With one, t0 = 1.0 (pure noise) works, as in the paper.",
                 ),
                 io.Combo.Input(
                     "lora_name",
@@ -159,6 +182,6 @@ class PatchSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, plan, lora_name, lora_strength, seed, steps, cfg, sampler_name,
-                scheduler, t0, patch_batch, context=None, stitcher=None) -> io.NodeOutput:  # fmt: skip
+                scheduler, t0, patch_batch, context=None, stitcher=None, adapter=None) -> io.NodeOutput:  # fmt: skip
         return io.NodeOutput(sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength,
-                                    seed, steps, cfg, sampler_name, scheduler, t0, patch_batch))  # fmt: skip
+                                    seed, steps, cfg, sampler_name, scheduler, t0, patch_batch, adapter))  # fmt: skip

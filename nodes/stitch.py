@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..models.blend import StitchConfig, StitchMode, weight_maps
 from ..models.plan import PlanConfig, make_plan
 from ..models.preview import weight_picture
-from .types import CATEGORY, PatchPlanType, StitcherType
+from .sockets import CATEGORY, PatchPlanType, StitcherType
 
 # Shown when no plan is connected: a 3x3 grid of 32-cell patches.
 EXAMPLE_PLAN = PlanConfig((1, 96, 96), (32, 32), 1)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the recipe changes, so cached files are rebuilt.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,27 @@ VAE = TinyVae("patchvsr-tiny-wan21-vae")
 LORA_NAME = "patchvsr-tiny-wan21-lora"  # rank 4 on every block's self-attention q and o, in ComfyUI's key naming
 
 
+# PatchVSR adapters for the tiny DiT with small random outputs (as if trained), and one made for a 3-block
+# base so the loader's mismatch error can be checked.
+ADAPTERS = {"a": "patchvsr-tiny-adapter-a", "b": "patchvsr-tiny-adapter-b", "other": "patchvsr-tiny-adapter-3blocks"}
+
+
+def tiny_adapter(dm, seed: int):
+    import torch
+
+    from models.adapter import AdapterConfig, PatchVSRAdapter
+
+    cfg = AdapterConfig.for_base(
+        dm.dim, dm.num_layers, dm.num_heads, dm.in_dim, patch_k=1, global_k=2, lora_rank=4, lora_alpha=4.0
+    )
+    adapter = PatchVSRAdapter(cfg, dm.blocks, dm.patch_embedding)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():  # wake the zero-initialised outputs up a little
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return adapter
+
+
 def tiny_lora(dim: int, layers: int, rank: int = 4, seed: int = 3) -> dict:
     import torch
 
@@ -61,6 +82,7 @@ def files(out_dir: Path) -> dict[str, Path]:
         "dit_i2v": out_dir / "diffusion_models" / f"{DIT_I2V.name}.safetensors",
         "vae": out_dir / "vae" / f"{VAE.name}.safetensors",
         "lora": out_dir / "loras" / f"{LORA_NAME}.safetensors",
+        **{f"adapter_{k}": out_dir / "patchvsr" / f"{name}.safetensors" for k, name in ADAPTERS.items()},
     }
 
 
@@ -121,6 +143,12 @@ def build(out_dir: Path) -> dict[str, Path]:
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(paths[key]), metadata=meta | {k: str(v) for k, v in asdict(cfg).items()})
+    from models.adapter_file import save_adapter
+
+    base = wan(DIT)
+    save_adapter(tiny_adapter(base, 10), paths["adapter_a"], meta)
+    save_adapter(tiny_adapter(base, 11), paths["adapter_b"], meta)
+    save_adapter(tiny_adapter(wan(TinyWan("three", num_layers=3)), 12), paths["adapter_other"], meta)
     paths["lora"].parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_lora(DIT.dim, DIT.num_layers), str(paths["lora"]), metadata=meta)
     return paths
@@ -128,13 +156,13 @@ def build(out_dir: Path) -> dict[str, Path]:
 
 def ensure(out_dir: Path) -> dict[str, Path]:
     """Builds the models unless files of this recipe are already there."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     paths = files(out_dir)
     try:
         if all(safe_open(str(p), "pt").metadata().get("recipe") == str(RECIPE_VERSION) for p in paths.values()):
             return paths
-    except (OSError, RuntimeError):  # missing or unreadable: rebuild
+    except (OSError, RuntimeError, SafetensorError):  # missing or unreadable: rebuild
         pass
     return build(out_dir)
 
@@ -155,8 +183,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
-    from harness.paths import comfy_root
+    from harness.paths import REPO, comfy_root
 
+    sys.path.insert(0, str(REPO))  # the pack's pure-PyTorch `models` package, for the adapter files
     root = str(comfy_root())
     if root not in sys.path:
         sys.path.insert(0, root)

@@ -5,5 +5,6 @@ from comfy_api.latest import io
 PatchPlanType = io.Custom("PATCHVSR_PLAN")
 GlobalContextType = io.Custom("PATCHVSR_CONTEXT")
 StitcherType = io.Custom("PATCHVSR_STITCHER")
+AdapterType = io.Custom("PATCHVSR_ADAPTER")
 
 CATEGORY = "video/PatchVSR"

@@ -1,0 +1,281 @@
+"""The PatchVSR adapter (paper section 3.2, supplement section 1) on top of a Wan DiT's own blocks.
+
+Dimension legend: B batch, C latent channels, T/H/W latent frames/rows/columns, L tokens (T * H/2 * W/2),
+D model width, G global tokens, K patch-branch blocks.
+
+- Patch condition branch: K blocks copied from the base at equal layer intervals; input the LR patch
+  latent noised to t = 0.25 with a fixed (null) prompt; branch block k's output enters the base blocks of
+  its interval through a zero-initialised projection added to their output (as in Wan's VACE).
+- Global context branch: base blocks copied at equal intervals, split into levels; each level ends with a
+  2x2 token merge (1/4 of the tokens); input the whole video at patch size noised to t = 0.15, concatenated
+  on channels with the binary location mask (its input weights start at zero). Its tokens enter every base
+  block through G-CA, a cross-attention whose query is the block's own text cross-attention query and whose
+  output projection starts at zero.
+- LoRA on the base's self-attention, text cross-attention and FFN linears (up matrices start at zero),
+  stored under ComfyUI's LoRA key names so ComfyUI's own loader can apply that part.
+- Micro-conditions (scale factor, noise level, crop location) embedded and added to the time modulation
+  through a zero-initialised layer.
+Every output starts at zero, so an untrained adapter leaves the base model's output bit for bit unchanged.
+The host's block classes are used as given: the branches hold deep copies of the base's block modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+FORMAT_VERSION = 1
+# Base linears that carry LoRA, relative to a block (WanAttentionBlock's attribute names).
+LORA_TARGETS = (
+    "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+    "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+    "ffn.0", "ffn.2",
+)  # fmt: skip
+MICRO_FIELDS = 6  # scale factor, noise level, crop y0, x0, y1, x1 (fractions of the frame)
+
+
+def equal_intervals(n_layers: int, k: int) -> tuple[int, ...]:
+    """k block indices spread at equal intervals over n_layers, starting at 0 (Ctrl-Adapter's rule)."""
+    assert 1 <= k <= n_layers, f"cannot pick {k} blocks from {n_layers}"
+    return tuple(int(i * n_layers / k) for i in range(k))
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Stored as JSON in the safetensors metadata; a loader compares it with the connected base model."""
+
+    base_dim: int  # width of the base DiT (1536 for Wan 2.1 1.3B, 5120 for 14B)
+    base_layers: int  # blocks in the base DiT (30 / 40)
+    base_heads: int  # attention heads of the base DiT
+    in_channels: int  # latent channels (16 Wan 2.1, 48 Wan 2.2 TI2V-5B)
+    patch_blocks: tuple[int, ...]  # base blocks copied into the patch branch, at equal intervals
+    global_blocks: tuple[int, ...]  # base blocks copied into the global branch, split evenly over its levels
+    global_levels: int = 2  # token merges in the global branch, each to 1/4 of the tokens
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    patch_noise_t: float = 0.25  # the patch branch's input noise level at inference (supplement: 250/1000)
+    global_noise_t: float = 0.15  # the global branch's input noise level (supplement: 150/1000)
+    micro_freq: int = 64  # sinusoidal features per micro-condition
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterConfig:
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"adapter config has unknown fields {unknown}")
+        for key in ("patch_blocks", "global_blocks"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+    @classmethod
+    def for_base(cls, dim: int, layers: int, heads: int, channels: int, patch_k: int | None = None,
+                 global_k: int | None = None, **kw) -> AdapterConfig:  # fmt: skip
+        """Defaults: a patch branch of ~1/6 of the base's depth, a global branch of ~1/10 (at least one
+        block per level)."""
+        levels = kw.pop("global_levels", 2)
+        patch_k = patch_k or max(1, layers // 6)
+        global_k = global_k or max(levels, layers // 10)
+        return cls(
+            dim,
+            layers,
+            heads,
+            channels,
+            equal_intervals(layers, patch_k),
+            equal_intervals(layers, global_k),
+            levels,
+            **kw,
+        )
+
+    def interval_of(self, block: int) -> int:
+        """Index of the patch-branch block whose output feeds base block `block` (its interval)."""
+        return max(k for k, start in enumerate(self.patch_blocks) if start <= block)
+
+
+def zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A linear layer whose output starts at exactly zero: injected branches begin as identities."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def sinusoid(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x: [B, F] scalars -> [B, F * n] sinusoidal features."""
+    half = n // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = x.float()[..., None] * 1000.0 * freqs  # scalars live in [0, 4]; 1000 as Wan's timestep scale
+    return rearrange(torch.cat([angles.cos(), angles.sin()], dim=-1), "b f n -> b (f n)")
+
+
+class PatchBranch(nn.Module):
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+        super().__init__()
+        self.embed = copy.deepcopy(patch_embedding)
+        self.blocks = nn.ModuleList(copy.deepcopy(base_blocks[i]) for i in cfg.patch_blocks)
+        self.proj = nn.ModuleList(zero_linear(cfg.base_dim, cfg.base_dim) for _ in cfg.patch_blocks)
+
+    def forward(self, lr: torch.Tensor, e0: torch.Tensor, freqs: torch.Tensor, context: torch.Tensor) -> list:
+        """lr: [B, C, T, H, W] noised LR patch latent; e0: [B, 1, 6, D]; context: [B, Lt, D] embedded
+        fixed prompt -> K hints [B, L, D], one per branch block."""
+        x = rearrange(self.embed(lr.float()).to(lr.dtype), "b d t h w -> b (t h w) d")
+        hints = []
+        for block, proj in zip(self.blocks, self.proj):
+            x = block(x, e=e0, freqs=freqs, context=context, context_img_len=None)
+            hints.append(proj(x.float()))  # the adapter's own layers run in float32 whatever the base's dtype
+        return hints
+
+
+class GlobalBranch(nn.Module):
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+        super().__init__()
+        c, d = cfg.in_channels, cfg.base_dim
+        base_w = patch_embedding.weight.detach()
+        # One more input channel for the location mask; its weights start at zero (paper: concatenated).
+        self.embed = nn.Conv3d(c + 1, d, kernel_size=tuple(base_w.shape[2:]), stride=tuple(base_w.shape[2:]))
+        with torch.no_grad():
+            self.embed.weight.zero_()
+            self.embed.weight[:, :c] = base_w.float()
+            self.embed.bias.copy_(patch_embedding.bias.detach().float())
+        chunks = [sorted(cfg.global_blocks)[round(i * len(cfg.global_blocks) / cfg.global_levels) : round((i + 1) * len(cfg.global_blocks) / cfg.global_levels)] for i in range(cfg.global_levels)]  # fmt: skip
+        assert all(chunks), f"{len(cfg.global_blocks)} global blocks cannot fill {cfg.global_levels} levels"
+        self.levels = nn.ModuleList(nn.ModuleList(copy.deepcopy(base_blocks[i]) for i in chunk) for chunk in chunks)
+        # 2x2 merge to one token, initialised as the mean of the four (patchify of the level's output).
+        self.merge = nn.ModuleList(nn.Linear(4 * d, d) for _ in chunks)
+        with torch.no_grad():
+            for m in self.merge:
+                m.weight.copy_(torch.cat([torch.eye(d) / 4] * 4, dim=1))
+                m.bias.zero_()
+
+    def forward(self, g: torch.Tensor, mask: torch.Tensor, e0: torch.Tensor, rope: Callable, context: torch.Tensor):
+        """g: [B, C, T, gh, gw] noised global latent; mask: [B, 1, T, gh, gw] binary location mask;
+        rope(t, h, w) gives the base's RoPE freqs for a t*h*w token grid -> [B, G, D] context tokens."""
+        x = self.embed(torch.cat([g, mask], dim=1).float()).to(g.dtype)  # b d t h w
+        for blocks, merge in zip(self.levels, self.merge):
+            t, h, w = x.shape[2:]
+            tokens = rearrange(x, "b d t h w -> b (t h w) d")
+            for block in blocks:
+                tokens = block(tokens, e=e0, freqs=rope(t, h, w), context=context, context_img_len=None)
+            x = rearrange(tokens, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+            x = F.pad(x, (0, w % 2, 0, h % 2, 0, 0), mode="replicate") if (h % 2 or w % 2) else x
+            x = rearrange(x, "b d t (h ph) (w pw) -> b d t h w (ph pw)", ph=2, pw=2)
+            x = rearrange(merge(rearrange(x, "b d t h w k -> b t h w (k d)")), "b t h w d -> b d t h w")
+        return rearrange(x, "b d t h w -> b (t h w) d")
+
+
+class GlobalCrossAttention(nn.Module):
+    """G-CA: new keys and values from the global tokens; the query is the block's text cross-attention
+    query, passed in; the output projection starts at zero."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.norm_k = nn.RMSNorm(dim, eps=1e-6)
+        self.o = zero_linear(dim, dim)
+
+    def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """q: [B, L, D] (already normalised by the block); tokens: [B, G, D] -> [B, L, D]."""
+        dtype = q.dtype
+        k = self.norm_k(self.k(tokens.float()))
+        v = self.v(tokens.float())
+        q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q.float(), k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.o(rearrange(out, "b h l d -> b l (h d)")).to(dtype)
+
+
+class MicroConditions(nn.Module):
+    def __init__(self, cfg: AdapterConfig):
+        super().__init__()
+        self.freq = cfg.micro_freq
+        self.mlp = nn.Sequential(nn.Linear(MICRO_FIELDS * cfg.micro_freq, cfg.base_dim), nn.SiLU())
+        self.out = zero_linear(cfg.base_dim, 6 * cfg.base_dim)  # one delta per Wan modulation chunk
+
+    def forward(self, micro: torch.Tensor) -> torch.Tensor:
+        """micro: [B, 6] (scale, noise level, y0, x0, y1, x1) -> [B, 1, 6, D] added to the time modulation."""
+        delta = self.out(self.mlp(sinusoid(micro, self.freq).to(self.out.weight.dtype)))
+        return rearrange(delta, "b (k d) -> b 1 k d", k=6)
+
+
+class LoRA(nn.Module):
+    """Low-rank update W + (alpha / rank) up @ down of one base linear; `up` starts at zero."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, alpha: float):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, d_in) / math.sqrt(d_in))
+        self.up = nn.Parameter(torch.zeros(d_out, rank))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.rank = rank
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.down.to(x)), self.up.to(x)) * (self.alpha.item() / self.rank)
+
+
+def lora_key(block: int, target: str) -> str:
+    """ComfyUI's generic LoRA key prefix for a base linear: diffusion_model.blocks.{i}.{target}."""
+    return f"diffusion_model.blocks.{block}.{target}"
+
+
+def _module_name(block: int, target: str) -> str:
+    return f"{block}__{target.replace('.', '_')}"
+
+
+class PatchVSRAdapter(nn.Module):
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_branch = PatchBranch(cfg, base_blocks, patch_embedding)
+        self.global_branch = GlobalBranch(cfg, base_blocks, patch_embedding)
+        self.gca = nn.ModuleList(GlobalCrossAttention(cfg.base_dim, cfg.base_heads) for _ in range(cfg.base_layers))
+        self.micro = MicroConditions(cfg)
+        self.lora = nn.ModuleDict()
+        for i, block in enumerate(base_blocks):
+            for target in LORA_TARGETS:
+                lin = block.get_submodule(target)
+                self.lora[_module_name(i, target)] = LoRA(
+                    lin.in_features, lin.out_features, cfg.lora_rank, cfg.lora_alpha
+                )
+
+    def lora_for(self, block: int, target: str) -> LoRA:
+        return self.lora[_module_name(block, target)]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA part under ComfyUI's key names (lora_up / lora_down / alpha)."""
+        out = {}
+        for i in range(self.cfg.base_layers):
+            for target in LORA_TARGETS:
+                m, key = self.lora_for(i, target), lora_key(i, target)
+                out[f"{key}.lora_up.weight"] = m.up.detach()
+                out[f"{key}.lora_down.weight"] = m.down.detach()
+                out[f"{key}.alpha"] = m.alpha.detach()
+        return out
+
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the adapter file holds: branch, G-CA and micro weights, and LoRA in ComfyUI naming."""
+        sd = {k: v for k, v in self.state_dict().items() if not k.startswith("lora.")}
+        sd.update(self.lora_state_dict())
+        return {k: v.detach().float().contiguous() for k, v in sd.items()}
+
+    def load_file_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Inverse of file_state_dict; the caller has already checked keys and shapes."""
+        own = {k: v for k, v in sd.items() if not k.startswith("diffusion_model.")}
+        for i in range(self.cfg.base_layers):
+            for target in LORA_TARGETS:
+                key, name = lora_key(i, target), _module_name(i, target)
+                own[f"lora.{name}.up"] = sd[f"{key}.lora_up.weight"]
+                own[f"lora.{name}.down"] = sd[f"{key}.lora_down.weight"]
+                own[f"lora.{name}.alpha"] = sd[f"{key}.alpha"]
+        self.load_state_dict(own, strict=True)

@@ -1,0 +1,93 @@
+"""The adapter file: one safetensors file (never pickle) holding the branch, G-CA and micro-condition
+weights, the LoRA under ComfyUI's key names, and the AdapterConfig as JSON in the metadata.
+
+Loading is strict: a newer format, a config that does not match the base model, a missing or unexpected
+key, a wrong shape or an unreadable file each raise a ValueError that says what differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter
+
+META_KEY = "patchvsr"
+
+
+def save_adapter(adapter: PatchVSRAdapter, path: Path, extra_meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {META_KEY: adapter.cfg.to_json(), "format": "patchvsr-adapter"} | (extra_meta or {})
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(adapter.file_state_dict(), str(tmp), metadata=meta)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated adapter under the real name
+    return path
+
+
+def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+    """(config, tensors) of an adapter file, with the format checked but not yet the base model."""
+    name = Path(path).name
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(
+            f"adapter '{name}' is not a readable safetensors file ({e}). Re-download or re-export it."
+        ) from e
+    if META_KEY not in meta:
+        raise ValueError(
+            f"adapter '{name}' has no PatchVSR config in its metadata: it is not a PatchVSR adapter (a plain LoRA goes in lora_name)."
+        )
+    try:
+        cfg = AdapterConfig.from_json(meta[META_KEY])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"adapter '{name}' has an unreadable config ({e}).") from e
+    if cfg.format_version > FORMAT_VERSION:
+        raise ValueError(
+            f"adapter '{name}' uses file format {cfg.format_version}; this pack reads up to {FORMAT_VERSION}. Update ComfyUI-PatchVSR."
+        )
+    return cfg, tensors
+
+
+def check_base(cfg: AdapterConfig, dim: int, layers: int, heads: int, channels: int, name: str) -> None:
+    want = {"base_dim": dim, "base_layers": layers, "base_heads": heads, "in_channels": channels}
+    diff = [f"{k} {getattr(cfg, k)} (model: {v})" for k, v in want.items() if getattr(cfg, k) != v]
+    if diff:
+        raise ValueError(
+            f"adapter '{name}' was trained for another base model: {', '.join(diff)}. "
+            "Use an adapter trained on this Wan model, or connect the model it was trained on."
+        )
+
+
+def check_tensors(adapter: PatchVSRAdapter, tensors: dict[str, torch.Tensor], name: str) -> None:
+    """Keys and shapes must match what the config builds, exactly."""
+    want = {k: tuple(v.shape) for k, v in adapter.file_state_dict().items()}
+    missing = sorted(set(want) - set(tensors))
+    unexpected = sorted(set(tensors) - set(want))
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter '{name}' does not match its own config: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}. The file is damaged or from another tool."
+        )
+    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {s})" for k, s in want.items() if tuple(tensors[k].shape) != s]
+    if wrong:
+        raise ValueError(f"adapter '{name}' has {len(wrong)} tensors of the wrong shape, e.g. {wrong[0]}.")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"adapter '{name}' holds NaN or infinite weights in {bad[:3]}: the training diverged.")
+
+
+def load_adapter(path: Path, base_blocks, patch_embedding, dims: tuple[int, int, int, int]) -> PatchVSRAdapter:
+    """Reads, checks against the base (dim, layers, heads, channels) and builds the adapter."""
+    name = Path(path).name
+    cfg, tensors = read_adapter(path)
+    check_base(cfg, *dims, name)
+    adapter = PatchVSRAdapter(cfg, base_blocks, patch_embedding)
+    check_tensors(adapter, tensors, name)
+    adapter.load_file_state_dict(tensors)
+    return adapter

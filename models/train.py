@@ -1,0 +1,283 @@
+"""The adapter trainer (PatchVSR section 4.1): rectified-flow velocity matching on HR patch latents with
+the base frozen except LoRA. One implementation for the command line and the ComfyUI node: the host glue
+passes in the base DiT (any module with Wan's attributes) and a VAE encode function.
+
+Dimension legend: C latent channels, T latent frames, H/W latent rows/columns, D model width.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import adapter_runtime as rt
+from .adapter import AdapterConfig, PatchVSRAdapter
+from .adapter_file import save_adapter
+from .context import location_mask
+from .data import Clip, crop_size, degrade, find_clips, read_clip
+from .flow import noise_to
+from .plan import Box, Kind
+from .video import resize_frames
+
+log = logging.getLogger(__name__)
+# encode(pixels [N, H, W, 3] in [0, 1]) -> [1, C, T, h, w] latent in the DiT's input space
+EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+# text(caption) -> [1, L, text_dim] conditioning; "" is the null prompt
+TextFn = Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # folder of HR videos / images (sidecar .txt captions)
+    out: str  # the final adapter .safetensors
+    work: str  # latent cache and checkpoints
+    steps: int = 2000
+    lr: float = 1e-5  # paper: AdamW 1e-5
+    weight_decay: float = 0.0
+    crop_px: tuple[int, int] = (480, 832)  # crop area at the base model's native size (h, w)
+    aspect: tuple[float, float] = (0.5, 2.0)  # crop aspect range (paper)
+    max_frames: int = 81  # frames read per clip (1 + 4k)
+    scale: tuple[float, float] = (1.0, 4.0)  # LR down-scale s ~ U[lo, hi] (paper)
+    variants: int = 2  # LR versions (different s) cached per clip
+    cond_noise: tuple[float, float] = (0.2, 0.3)  # patch-condition noise augmentation t (paper)
+    null_prompt: float = 0.1  # probability of the null prompt (paper: 10%)
+    val_fraction: float = 0.1  # clips held out for the validation loss (at least one when > 1 clip)
+    val_every: int = 100
+    ckpt_every: int = 200
+    seed: int = 0
+    lora_rank: int = 16
+    patch_blocks: int = 0  # 0 = the AdapterConfig default (1/6 of the base depth)
+    global_blocks: int = 0  # 0 = default (1/10, at least one per level)
+    grad_checkpointing: bool = True
+    spatial_stride: int = 8  # pixels per latent cell (8 Wan 2.1, 16 Wan 2.2 TI2V-5B)
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class Sample:
+    hr: torch.Tensor  # [1, C, T, H, W]
+    lr: torch.Tensor  # [1, C, T, H, W] latent of the degraded clip at full size
+    glob: torch.Tensor  # [1, C, T, gh, gw] latent of the degraded clip resized to the crop size
+    scale: float
+    caption: str
+
+
+def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip=None) -> list[Path]:
+    """Encodes every clip's HR, LR variants and global view once; later runs reuse the files."""
+    cache = Path(cfg.work) / "latents"
+    cache.mkdir(parents=True, exist_ok=True)
+    gen = random.Random(cfg.seed)
+    paths = []
+    for i, clip in enumerate(clips):
+        scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
+        key = f"{clip.path.stem}-{abs(hash((str(clip.path), clip.path.stat().st_mtime, cfg.max_frames, cfg.crop_px))) % 10**10}"
+        for v, s in enumerate(scales):
+            path = cache / f"{key}-v{v}.safetensors"
+            if not path.exists():
+                hr = read_clip(clip, cfg.max_frames)
+                lr = degrade(hr, s)
+                tensors = {"hr": encode(hr), "lr": encode(lr), "glob": encode(resize_frames(lr, cfg.crop_px))}
+                save_file(
+                    {k: t.float().contiguous().cpu() for k, t in tensors.items()},
+                    str(path),
+                    metadata={"scale": str(s), "caption": clip.caption},
+                )
+            paths.append(path)
+        if on_clip:
+            on_clip(i + 1, len(clips))
+    return paths
+
+
+def load_sample(path: Path) -> Sample:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(path))
+    return Sample(t["hr"], t["lr"], t["glob"], float(meta["scale"]), meta.get("caption", ""))
+
+
+class Trainer:
+    """Holds the base DiT (frozen), the adapter (trainable), the optimiser and the RNG; `run()` trains
+    to cfg.steps, resuming from the latest checkpoint in cfg.work if there is one."""
+
+    def __init__(self, cfg: TrainConfig, dm, text: TextFn, device="cpu", adapter_cfg: AdapterConfig | None = None):
+        self.cfg, self.dm, self.text, self.device = cfg, dm, text, torch.device(device)
+        dm.requires_grad_(False)
+        self.adapter_cfg = adapter_cfg or AdapterConfig.for_base(
+            dm.dim, dm.num_layers, dm.num_heads, dm.in_dim, patch_k=cfg.patch_blocks or None,
+            global_k=cfg.global_blocks or None, lora_rank=cfg.lora_rank, lora_alpha=float(cfg.lora_rank),
+        )  # fmt: skip
+        torch.manual_seed(cfg.seed)  # adapter init (LoRA down matrices) is part of the run's identity
+        self.adapter = PatchVSRAdapter(self.adapter_cfg, dm.blocks, dm.patch_embedding).to(self.device).train()
+        # Branch blocks start as copies of frozen base blocks but are trained (paper: branches are trained).
+        self.adapter.requires_grad_(True)
+        for lora in self.adapter.lora.values():
+            lora.alpha.requires_grad_(False)
+        self.params = [p for p in self.adapter.parameters() if p.requires_grad]
+        # LoRA on the frozen base through forward hooks: the caller gives a DiT the trainer may hook
+        # (the ComfyUI node passes a copy, never the artist's model).
+        self.hooks = rt.add_lora_hooks(self.adapter, dm.blocks)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.history: list[dict] = []
+        self.amp = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+    # -- one example --------------------------------------------------------------------------------------
+    def _uniform(self, lo: float, hi: float, gen: torch.Generator) -> float:
+        return lo + (hi - lo) * torch.rand((), generator=gen).item()
+
+    def _example(self, sample: Sample, gen: torch.Generator):
+        """A random crop (aspect in cfg.aspect, area of cfg.crop_px) and every input of the adapter."""
+        s = self.cfg.spatial_stride
+        _, _, T, H, W = sample.hr.shape
+        area = (self.cfg.crop_px[0] // s) * (self.cfg.crop_px[1] // s)
+        aspect = math.exp(self._uniform(math.log(self.cfg.aspect[0]), math.log(self.cfg.aspect[1]), gen))
+        h, w = crop_size(area, aspect, H, W, 2)
+        y0 = int(torch.randint(0, H - h + 1, (), generator=gen))
+        x0 = int(torch.randint(0, W - w + 1, (), generator=gen))
+        box = Box(Kind.BASE, y0, y0 + h, x0, x0 + w)
+        z0 = sample.hr[..., y0 : y0 + h, x0 : x0 + w]
+        cond = sample.lr[..., y0 : y0 + h, x0 : x0 + w]
+        t = torch.rand((1,), generator=gen).clamp(1e-3, 1 - 1e-3)
+        t_c = self._uniform(*self.cfg.cond_noise, gen)
+        eps = torch.randn(z0.shape, generator=gen)
+        z_t = noise_to(z0, t.item(), eps)
+        cond = noise_to(cond, t_c, torch.randn(cond.shape, generator=gen))
+        g = noise_to(sample.glob, self.adapter_cfg.global_noise_t, torch.randn(sample.glob.shape, generator=gen))
+        mask = location_mask(box, (H, W), tuple(sample.glob.shape[-2:]))[None]
+        caption = "" if torch.rand((), generator=gen).item() < self.cfg.null_prompt else sample.caption
+        micro = rt.micro_vector(sample.scale, t_c, (y0 / H, x0 / W, (y0 + h) / H, (x0 + w) / W), 1, "cpu")
+        return z_t, t, eps - z0, cond, g, rt.location_mask_volume(mask, T), micro, caption
+
+    def loss(self, sample: Sample, gen: torch.Generator) -> torch.Tensor:
+        z_t, t, v_target, cond, g, mask, micro, caption = (
+            a.to(self.device) if isinstance(a, torch.Tensor) else a for a in self._example(sample, gen)
+        )
+        context = self.text(caption).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            call = rt.compute_call(self.dm, self.adapter, cond, micro, g, mask)
+            v = rt.forward(self.dm, self.adapter, z_t, t, context, call, checkpoint=self.cfg.grad_checkpointing)
+        return F.mse_loss(v.float(), v_target.float())
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _ckpt_dir(self) -> Path:
+        return Path(self.cfg.work) / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Adapter weights, AdamW moments, step, loss history and the RNG state: enough to resume exactly."""
+        tensors = {f"adapter.{k}": v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}
+        names = {id(p): n for n, p in self.adapter.named_parameters()}
+        for p in self.params:
+            st = self.opt.state.get(p, {})
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                if k in st:
+                    tensors[f"opt.{names[id(p)]}.{k}"] = torch.as_tensor(st[k]).detach().cpu().contiguous()
+        tensors["rng"] = self.gen.get_state()
+        meta = {
+            "step": str(self.step),
+            "history": json.dumps(self.history),
+            "config": json.dumps(asdict(self.cfg), default=str),
+        }
+        path = self._ckpt_dir() / f"step_{self.step:07d}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        t = load_file(str(path))
+        self.adapter.load_state_dict({k[len("adapter.") :]: v for k, v in t.items() if k.startswith("adapter.")})
+        for name, p in self.adapter.named_parameters():
+            if f"opt.{name}.exp_avg" in t:
+                self.opt.state[p] = {k: t[f"opt.{name}.{k}"].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
+        self.gen.set_state(t["rng"])
+        self.step = int(meta["step"])
+        self.history = json.loads(meta["history"])
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self._ckpt_dir().glob("step_*.safetensors"))
+        return found[-1] if found else None
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def validation_loss(self, samples: list[Sample]) -> float:
+        gen = torch.Generator().manual_seed(10_000 + self.cfg.seed)  # the same crops and noise every time
+        with torch.no_grad():
+            losses = [self.loss(s, gen).item() for s in samples for _ in range(4)]
+        return sum(losses) / len(losses)
+
+    def run(
+        self, train: list[Sample], val: list[Sample], on_step: Callable | None = None, check: Callable | None = None
+    ) -> list[dict]:
+        last = self.latest_checkpoint()
+        if last is not None and self.step == 0:
+            self.load_checkpoint(last)
+            log.info("resumed from %s at step %d", last.name, self.step)
+        if self.step == 0 and val:
+            self.history.append({"step": 0, "val": self.validation_loss(val)})
+        while self.step < self.cfg.steps:
+            if check:
+                check()
+            sample = train[int(torch.randint(0, len(train), (), generator=self.gen))]
+            loss = self.loss(sample, self.gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            entry = {"step": self.step, "loss": loss.item()}
+            if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
+                entry["val"] = self.validation_loss(val)
+            self.history.append(entry)
+            if on_step:
+                on_step(self.step, entry)
+            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                self.save_checkpoint()
+        return self.history
+
+    def export(self) -> Path:
+        return save_adapter(self.adapter, Path(self.cfg.out), {"train_steps": str(self.step)})
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+
+def split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Held-out clips (all variants of a clip go to one side)."""
+    clips = sorted({p.name.rsplit("-v", 1)[0] for p in paths})
+    random.Random(seed).shuffle(clips)
+    n_val = max(1, round(len(clips) * val_fraction)) if len(clips) > 1 else 0
+    val = set(clips[:n_val])
+    return [p for p in paths if p.name.rsplit("-v", 1)[0] not in val], [
+        p for p in paths if p.name.rsplit("-v", 1)[0] in val
+    ]
+
+
+def train(
+    cfg: TrainConfig, dm, encode: EncodeFn, text: TextFn, device="cpu", on_step=None, check=None, on_clip=None
+) -> tuple[Path, list[dict]]:
+    """The whole job: find clips, cache latents, split, train (resuming if possible), export."""
+    paths = cache_latents(cfg, find_clips(Path(cfg.data)), encode, on_clip)
+    train_paths, val_paths = split(paths, cfg.val_fraction, cfg.seed)
+    trainer = Trainer(cfg, dm, text, device)
+    try:
+        history = trainer.run(
+            [load_sample(p) for p in train_paths], [load_sample(p) for p in val_paths], on_step, check
+        )
+        return trainer.export(), history
+    finally:
+        trainer.close()

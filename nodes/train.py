@@ -1,0 +1,159 @@
+"""Adapter trainer node, and the host glue the command line tool (nodes/train_cli.py) shares with it."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import replace
+
+import comfy.model_management
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..models.train import TrainConfig, train
+from .adapter import FOLDER, register_folder
+from .host import Progress, check_vae, model_family
+from .sockets import CATEGORY
+
+
+def host_functions(model, vae, clip=None):
+    """(frozen DiT copy, encode, text) for the trainer from ComfyUI objects. The DiT is deep-copied so
+    the LoRA hooks and training never touch the artist's model."""
+    family = model_family(model)
+    check_vae(vae, family)
+    with torch.inference_mode(False):
+        # ComfyUI loads weights under inference_mode; autograd refuses such tensors, so the copy gets
+        # ordinary float32 clones of them.
+        dm = copy.deepcopy(model.model.diffusion_model)
+        dm.load_state_dict({k: v.detach().clone().float() for k, v in dm.state_dict().items()}, assign=True)
+    latent_format = model.get_model_object("latent_format")
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        # No autograd through the VAE (its weights are inference tensors); the clone is a normal tensor.
+        with torch.inference_mode(False), torch.no_grad():
+            return latent_format.process_in(vae.encode(pixels[..., :3]).float()).clone()
+
+    def text(caption: str) -> torch.Tensor:
+        if clip is None or not caption:
+            return torch.zeros(1, 1, dm.text_embedding[0].in_features)  # the null prompt
+        return clip.encode_from_tokens(clip.tokenize(caption)).float()
+
+    return dm, family, encode, text
+
+
+def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None):
+    dm, family, encode, text = host_functions(model, vae, clip)
+    device = comfy.model_management.get_torch_device()
+    dm.to(device)
+    cfg = replace(cfg, spatial_stride=family.spatial_stride)
+
+    def on_step(step, entry):
+        if progress is not None:
+            progress.set(step, cfg.steps)
+
+    check = progress.check if progress is not None else None
+    # ComfyUI runs nodes under inference_mode; training needs autograd back on.
+    with torch.inference_mode(False), torch.enable_grad():
+        return train(cfg, dm, encode, text, device, on_step=on_step, check=check)
+
+
+class AdapterTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSR_Trainer",
+            display_name="PatchVSR Adapter Trainer",
+            category=CATEGORY,
+            description="Trains a PatchVSR adapter on a folder of HR videos (and images) with the connected Wan model frozen "
+            "except LoRA, and saves it to models/patchvsr. Resumes from its last checkpoint when run again.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The Wan T2V model to train the adapter for (it is copied, never changed)."
+                ),
+                io.Vae.Input("vae", tooltip="The model family's VAE; latents are cached so it runs once per clip."),
+                io.String.Input(
+                    "data_folder",
+                    default="",
+                    tooltip="Folder of HR videos/images; a .txt beside a clip is its caption.",
+                ),
+                io.String.Input(
+                    "adapter_name",
+                    default="my_patchvsr_adapter",
+                    tooltip="File name (without .safetensors) in models/patchvsr.",
+                ),
+                io.Int.Input("steps", default=2000, min=1, max=10_000_000, tooltip="Optimiser steps."),
+                io.Float.Input(
+                    "learning_rate",
+                    default=1e-5,
+                    min=1e-7,
+                    max=1e-1,
+                    step=1e-6,
+                    round=1e-7,
+                    tooltip="AdamW learning rate (paper: 1e-5).",
+                ),
+                io.Int.Input(
+                    "lora_rank", default=16, min=1, max=256, tooltip="Rank of the LoRA on the base's attention and FFN."
+                ),
+                io.Int.Input(
+                    "crop_width",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Training crop width in pixels; 0 = the model's native width.",
+                ),
+                io.Int.Input(
+                    "crop_height",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Training crop height in pixels; 0 = the model's native height.",
+                ),
+                io.Int.Input(
+                    "max_frames", default=81, min=1, max=1025, step=4, tooltip="Frames read per clip (1 + 4k)."
+                ),
+                io.Int.Input(
+                    "checkpoint_every",
+                    default=200,
+                    min=1,
+                    max=1_000_000,
+                    tooltip="Steps between checkpoints (and resume points).",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of crops, noise and data order."
+                ),
+                io.Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="Optional text encoder for the captions; without it every caption is the null prompt.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(
+                    display_name="adapter_name", tooltip="The saved adapter's file name in models/patchvsr."
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, data_folder, adapter_name, steps, learning_rate, lora_rank, crop_width, crop_height,
+                max_frames, checkpoint_every, seed, clip=None) -> io.NodeOutput:  # fmt: skip
+        family = model_family(model)
+        if not data_folder or not os.path.isdir(data_folder):
+            raise ValueError(f"data_folder: '{data_folder}' is not a folder. Give the path of a folder of HR videos.")
+        if not adapter_name or any(c in adapter_name for c in "/\\:"):
+            raise ValueError(f"adapter_name: '{adapter_name}' is not a plain file name.")
+        register_folder()
+        out_dir = folder_paths.get_folder_paths(FOLDER)[0]
+        crop = (crop_height or family.native_hw[0], crop_width or family.native_hw[1])
+        cfg = TrainConfig(
+            data=data_folder, out=os.path.join(out_dir, f"{adapter_name}.safetensors"),
+            work=os.path.join(folder_paths.get_temp_directory(), "patchvsr_train", adapter_name),
+            steps=steps, lr=learning_rate, lora_rank=lora_rank, crop_px=crop, max_frames=max_frames,
+            ckpt_every=checkpoint_every, seed=seed,
+        )  # fmt: skip
+        path, history = run(model, vae, clip, cfg, Progress(steps))
+        return io.NodeOutput(os.path.basename(path))

@@ -1,0 +1,95 @@
+"""Train a PatchVSR adapter from the command line, with the same code as the PatchVSR Adapter Trainer node.
+
+    python nodes/train_cli.py --comfyui /path/to/ComfyUI \\
+        --model /path/to/wan2.1_t2v_1.3B_fp16.safetensors --vae /path/to/wan_2.1_vae.safetensors \\
+        [--text-encoder /path/to/umt5_xxl_fp8_e4m3fn_scaled.safetensors] \\
+        --data /path/to/hr_videos --out my_adapter.safetensors --steps 20000
+
+Runs on the GPU when ComfyUI finds one (bf16 autocast where supported), else on the CPU. Latents are cached
+and checkpoints written under --work; running the same command again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parents[1]
+
+
+def import_pack(comfyui: Path):
+    """ComfyUI on sys.path with its command line parsed as main.py would, then this pack as a package."""
+    sys.path.insert(0, str(comfyui))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    saved = sys.argv
+    import torch
+
+    sys.argv = [saved[0]] + ([] if torch.cuda.is_available() else ["--cpu"])
+    try:
+        import comfy.cli_args  # noqa: F401
+    finally:
+        sys.argv = saved
+    spec = importlib.util.spec_from_file_location(
+        "patchvsr_pack", PACK / "__init__.py", submodule_search_locations=[str(PACK)]
+    )
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["patchvsr_pack"] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (holding main.py)")
+    p.add_argument("--model", type=Path, required=True, help="Wan T2V diffusion model .safetensors")
+    p.add_argument("--vae", type=Path, required=True, help="its VAE .safetensors")
+    p.add_argument("--text-encoder", type=Path, help="umT5 text encoder for sidecar captions (else null prompt)")
+    p.add_argument("--data", type=Path, required=True, help="folder of HR videos / images")
+    p.add_argument("--out", type=Path, required=True, help="adapter .safetensors to write")
+    p.add_argument("--work", type=Path, help="cache and checkpoints (default: <out>.work)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size in pixels (default: native)")
+    p.add_argument("--max-frames", type=int, default=81)
+    p.add_argument("--patch-blocks", type=int, default=0, help="patch-branch blocks (0 = 1/6 of the base)")
+    p.add_argument("--global-blocks", type=int, default=0, help="global-branch blocks (0 = 1/10 of the base)")
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import_pack(args.comfyui)
+    import comfy.sd
+    import comfy.utils
+    from patchvsr_pack.models.train import TrainConfig
+    from patchvsr_pack.nodes.host import model_family
+    from patchvsr_pack.nodes.train import run
+
+    model = comfy.sd.load_diffusion_model(str(args.model))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(args.vae)))
+    clip = None
+    if args.text_encoder:
+        clip = comfy.sd.load_clip(ckpt_paths=[str(args.text_encoder)], clip_type=comfy.sd.CLIPType.WAN)
+    family = model_family(model)
+    cfg = TrainConfig(
+        data=str(args.data), out=str(args.out), work=str(args.work or args.out.with_suffix(".work")),
+        steps=args.steps, lr=args.lr, lora_rank=args.lora_rank, crop_px=tuple(args.crop or family.native_hw),
+        max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
+        val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+    )  # fmt: skip
+    path, history = run(model, vae, clip, cfg)
+    vals = [h for h in history if "val" in h]
+    for h in vals:
+        print(f"step {h['step']:>7}  validation loss {h['val']:.5f}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

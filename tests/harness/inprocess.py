@@ -1,0 +1,43 @@
+"""ComfyUI's classes inside the test process (for tests on the real Wan architecture without a server).
+
+ComfyUI reads its command line when comfy.cli_args is first imported, as main.py arranges it; this makes
+it see `--cpu` then puts the test runner's argv back.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .paths import comfy_root
+
+
+def import_comfy():
+    root = str(comfy_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if "comfy.cli_args" not in sys.modules:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        saved, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+        try:
+            import comfy.cli_args  # noqa: F401
+        finally:
+            sys.argv = saved
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    return comfy
+
+
+def tiny_wan(dim: int = 128, layers: int = 3, ffn: int = 256, in_dim: int = 16, seed: int = 0):
+    """A real-architecture Wan DiT (ComfyUI's WanModel) with fixed-seed random weights, on the CPU."""
+    comfy = import_comfy()
+    from .tiny_models import _init_
+
+    dm = comfy.ldm.wan.model.WanModel(
+        model_type="t2v", dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=layers, in_dim=in_dim,
+        out_dim=in_dim, operations=comfy.ops.disable_weight_init,
+    )  # fmt: skip
+    _init_(dm, seed)
+    return dm.eval()

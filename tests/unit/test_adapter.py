@@ -1,0 +1,139 @@
+"""The PatchVSR adapter on a real-architecture Wan DiT (ComfyUI's WanModel class, tiny, random weights)."""
+
+import json
+import re
+
+import pytest
+import torch
+from harness.inprocess import tiny_wan
+from safetensors.torch import load_file, save_file
+
+from models import adapter_runtime as rt
+from models.adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, equal_intervals
+from models.adapter_file import load_adapter, read_adapter, save_adapter
+
+DIMS = (128, 3, 1, 16)  # dim, layers, heads, channels of the tiny base
+
+
+@pytest.fixture(scope="module")
+def dm():
+    return tiny_wan(layers=DIMS[1])
+
+
+def make(dm, **kw):
+    cfg = AdapterConfig.for_base(*DIMS, patch_k=2, global_k=2, lora_rank=4, **kw)
+    return PatchVSRAdapter(cfg, dm.blocks, dm.patch_embedding)
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 2, 12, 16, generator=g)
+    lr = torch.randn(2, 16, 2, 12, 16, generator=g)
+    glob = torch.randn(2, 16, 2, 6, 8, generator=g)
+    mask = torch.zeros(2, 1, 2, 6, 8)
+    mask[..., :3, :4] = 1
+    return x, torch.tensor([0.7, 0.2]), torch.randn(2, 8, 4096, generator=g), lr, glob, mask
+
+
+def test_equal_intervals():
+    assert equal_intervals(30, 5) == (0, 6, 12, 18, 24) and equal_intervals(3, 3) == (0, 1, 2)
+
+
+@torch.no_grad()
+def test_untrained_adapter_is_an_exact_identity(dm):
+    adapter = make(dm)
+    x, t, ctx, lr, glob, mask = inputs()
+    base = dm(x, t * 1000, ctx)
+    hooks = rt.add_lora_hooks(adapter, dm.blocks)
+    try:
+        call = rt.compute_call(dm, adapter, lr, rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu"), glob, mask)
+        patched = rt.forward(dm, adapter, x, t, ctx, call)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(patched, base), "zero-initialised outputs must leave the base bit for bit unchanged"
+    assert call.tokens.shape == (2, 2, 128), "6x8 cells -> 3x4 tokens -> merge -> 2x2 -> merge -> 1 per frame"
+
+
+@torch.no_grad()
+def test_every_part_reaches_the_output(dm):
+    """With each zero-initialised output woken up alone, the output moves: nothing is dead weight."""
+    x, t, ctx, lr, glob, mask = inputs()
+    base = dm(x, t * 1000, ctx)
+    parts = {
+        "patch branch": "patch_branch.proj.0.weight",
+        "G-CA": "gca.1.o.weight",
+        "micro": "micro.out.weight",
+        "LoRA": "lora.1__ffn_2.up",
+    }
+    for name, param in parts.items():
+        adapter = make(dm)
+        adapter.get_parameter(param).normal_(0, 0.05)
+        hooks = rt.add_lora_hooks(adapter, dm.blocks)
+        call = rt.compute_call(dm, adapter, lr, rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu"), glob, mask)
+        out = rt.forward(dm, adapter, x, t, ctx, call)
+        for h in hooks:
+            h.remove()
+        assert (out - base).abs().max() > 1e-6, f"{name} does not change the output"
+
+
+def wake(adapter, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return adapter
+
+
+def test_file_round_trips_every_tensor_exactly(dm, tmp_path):
+    adapter = wake(make(dm))
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    again = load_adapter(path, dm.blocks, dm.patch_embedding, DIMS)
+    a, b = adapter.file_state_dict(), again.file_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.cfg == adapter.cfg
+    # The LoRA part uses ComfyUI's key naming, so ComfyUI's own LoRA loader can apply it.
+    assert "diffusion_model.blocks.0.self_attn.q.lora_up.weight" in load_file(str(path))
+
+
+def rewrite(path, tensors=None, meta=None):
+    cfg, t = read_adapter(path)
+    m = {"patchvsr": cfg.to_json()} if meta is None else meta
+    save_file(tensors if tensors is not None else t, str(path), metadata=m)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("newer", "uses file format 2; this pack reads up to 1"),
+    ("base", "was trained for another base model: base_layers 3 (model: 4)"),
+    ("missing", "1 missing keys"),
+    ("unexpected", "1 unexpected keys ['extra.weight']"),
+    ("shape", "tensors of the wrong shape"),
+    ("corrupt", "is not a readable safetensors file"),
+    ("not_patchvsr", "has no PatchVSR config in its metadata"),
+    ("nan", "holds NaN or infinite weights"),
+])  # fmt: skip
+def test_loader_rejects_bad_files_with_what_differs(dm, tmp_path, damage, message):
+    path = save_adapter(wake(make(dm)), tmp_path / "a.safetensors")
+    cfg, t = read_adapter(path)
+    dims = DIMS
+    if damage == "newer":
+        raw = json.loads(cfg.to_json()) | {"format_version": FORMAT_VERSION + 1}
+        rewrite(path, meta={"patchvsr": json.dumps(raw)})
+    elif damage == "base":
+        dims = (128, 4, 1, 16)
+    elif damage == "missing":
+        t.pop(next(iter(t)))
+        rewrite(path, t)
+    elif damage == "unexpected":
+        rewrite(path, t | {"extra.weight": torch.zeros(1)})
+    elif damage == "shape":
+        k = "micro.out.weight"
+        rewrite(path, t | {k: torch.zeros(3, 3)})
+    elif damage == "corrupt":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "not_patchvsr":
+        rewrite(path, meta={"format": "lora"})
+    elif damage == "nan":
+        rewrite(path, t | {"micro.out.bias": torch.full_like(t["micro.out.bias"], float("nan"))})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_adapter(path, dm.blocks, dm.patch_embedding, dims)
