@@ -104,6 +104,13 @@ class AdapterConfig:
         return max(k for k, start in enumerate(self.patch_blocks) if start <= block)
 
 
+def pad_to_stride(x: torch.Tensor, stride) -> torch.Tensor:
+    """x: [B, C, T, H, W] padded (circularly, as the host pads the base's input) to multiples of the
+    patch embedding's stride, so branch tokens line up with the base's tokens on odd-sized patches."""
+    pad = [(-n) % k for n, k in zip(x.shape[2:], stride)]
+    return F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="circular") if any(pad) else x
+
+
 def zero_linear(d_in: int, d_out: int) -> nn.Linear:
     """A linear layer whose output starts at exactly zero: injected branches begin as identities."""
     layer = nn.Linear(d_in, d_out)
@@ -127,10 +134,12 @@ class PatchBranch(nn.Module):
         self.blocks = nn.ModuleList(copy.deepcopy(base_blocks[i]) for i in cfg.patch_blocks)
         self.proj = nn.ModuleList(zero_linear(cfg.base_dim, cfg.base_dim) for _ in cfg.patch_blocks)
 
-    def forward(self, lr: torch.Tensor, e0: torch.Tensor, freqs: torch.Tensor, context: torch.Tensor) -> list:
-        """lr: [B, C, T, H, W] noised LR patch latent; e0: [B, 1, 6, D]; context: [B, Lt, D] embedded
-        fixed prompt -> K hints [B, L, D], one per branch block."""
-        x = rearrange(self.embed(lr.float()).to(lr.dtype), "b d t h w -> b (t h w) d")
+    def forward(self, lr: torch.Tensor, e0: torch.Tensor, rope: Callable, context: torch.Tensor) -> list:
+        """lr: [B, C, T, H, W] noised LR patch latent; e0: [B, 1, 6, D]; rope(t, h, w) gives the base's
+        RoPE freqs; context: [B, Lt, D] embedded fixed prompt -> K hints [B, L, D], one per branch block."""
+        x = self.embed(pad_to_stride(lr, self.embed.stride).float()).to(lr.dtype)
+        freqs = rope(*x.shape[2:])
+        x = rearrange(x, "b d t h w -> b (t h w) d")
         hints = []
         for block, proj in zip(self.blocks, self.proj):
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=None)
@@ -162,7 +171,7 @@ class GlobalBranch(nn.Module):
     def forward(self, g: torch.Tensor, mask: torch.Tensor, e0: torch.Tensor, rope: Callable, context: torch.Tensor):
         """g: [B, C, T, gh, gw] noised global latent; mask: [B, 1, T, gh, gw] binary location mask;
         rope(t, h, w) gives the base's RoPE freqs for a t*h*w token grid -> [B, G, D] context tokens."""
-        x = self.embed(torch.cat([g, mask], dim=1).float()).to(g.dtype)  # b d t h w
+        x = self.embed(pad_to_stride(torch.cat([g, mask], dim=1), self.embed.stride).float()).to(g.dtype)  # b d t h w
         for blocks, merge in zip(self.levels, self.merge):
             t, h, w = x.shape[2:]
             tokens = rearrange(x, "b d t h w -> b (t h w) d")

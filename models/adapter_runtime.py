@@ -60,8 +60,7 @@ def compute_call(dm, adapter: PatchVSRAdapter, lr: torch.Tensor, micro: torch.Te
     rope = rope_fn(dm, device, dtype)
     prompt = fixed_prompt(dm, b, device, dtype)
     t_patch = torch.full((b,), adapter.cfg.patch_noise_t, device=device)
-    grid = [s // p for s, p in zip(lr.shape[2:], dm.patch_size)]
-    hints = adapter.patch_branch(lr, time_modulation(dm, t_patch, dtype), rope(*grid), prompt)
+    hints = adapter.patch_branch(lr, time_modulation(dm, t_patch, dtype), rope, prompt)
     if tokens is None and global_latent is not None:
         t_glob = torch.full((b,), adapter.cfg.global_noise_t, device=device)
         tokens = adapter.global_branch(global_latent, mask, time_modulation(dm, t_glob, dtype), rope, prompt)

@@ -7,6 +7,7 @@ Dimension legend: C latent channels, T latent frames, H/W latent rows/columns, D
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -79,7 +80,9 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
     paths = []
     for i, clip in enumerate(clips):
         scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
-        key = f"{clip.path.stem}-{abs(hash((str(clip.path), clip.path.stat().st_mtime, cfg.max_frames, cfg.crop_px))) % 10**10}"
+        # A stable digest (not hash(), which changes per process) so a restarted run finds its cache.
+        ident = f"{clip.path.resolve()}|{clip.path.stat().st_mtime_ns}|{cfg.max_frames}|{cfg.crop_px}|{cfg.seed}"
+        key = f"{clip.path.stem}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
         for v, s in enumerate(scales):
             path = cache / f"{key}-v{v}.safetensors"
             if not path.exists():
