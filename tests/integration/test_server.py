@@ -10,7 +10,16 @@ from harness.runs import tiny_prompt
 from harness.tiny_models import DIT, VAE
 
 pytestmark = pytest.mark.integration
-PACK_NODES = ["PatchVSR_Partitioner", "PatchVSR_UpscaleEncode", "PatchVSR_GlobalContext", "PatchVSR_Stitcher", "PatchVSR_Sampler", "PatchVSR_Decode"]  # fmt: skip
+PACK_NODES = [
+    "PatchVSR_Partitioner",
+    "PatchVSR_UpscaleEncode",
+    "PatchVSR_GlobalContext",
+    "PatchVSR_Stitcher",
+    "PatchVSR_Sampler",
+    "PatchVSR_Decode",
+    "PatchVSR_AdapterLoader",
+    "PatchVSR_Trainer",
+]  # fmt: skip
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 
 
