@@ -31,6 +31,14 @@ def resize_frames(frames: torch.Tensor, hw: tuple[int, int], chunk: int = 8) -> 
     return torch.cat(out)
 
 
+def resize_latent(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """x: [B, C, T, h, w] -> [B, C, T, *hw] latent, each frame resized bicubic and antialiased (kornia)."""
+    b = x.shape[0]
+    frames = rearrange(x.float(), "b c t h w -> (b t) c h w")
+    frames = kornia.geometry.transform.resize(frames, hw, interpolation="bicubic", antialias=True)
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=b).contiguous()
+
+
 def upscale_region(
     frames: torch.Tensor, target_hw: tuple[int, int], y0: int, y1: int, x0: int, x1: int
 ) -> torch.Tensor:

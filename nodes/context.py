@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import kornia
 import torch
 from comfy_api.latest import io
-from einops import rearrange
 
 from ..models.context import ContextConfig, location_masks
 from ..models.flow import noise_to
-from ..models.video import resize_frames
+from ..models.video import resize_frames, resize_latent
 from .encode import check_lr_input
 from .host import FAMILIES, check_vae, vae_encode
 from .sockets import CATEGORY, GlobalContextType, PatchPlanType
@@ -36,9 +34,7 @@ def encode_context(plan, vae, images, latent, strength: float, noise_t: float, s
         lat = vae_encode(vae, resize_frames(images, (ph, pw)))
     else:
         # The T2V latent is already a whole-frame view: resize it to the patch's latent size directly.
-        x = rearrange(latent["samples"].float(), "b c t h w -> (b t) c h w")
-        x = kornia.geometry.transform.resize(x, (ph // s, pw // s), interpolation="bicubic", antialias=True)
-        lat = rearrange(x, "(b t) c h w -> b c t h w", b=1)
+        lat = resize_latent(latent["samples"], (ph // s, pw // s))
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(lat.shape, generator=gen).to(lat)
     cfg = ContextConfig(strength=strength, noise_t=noise_t)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import kornia
 import torch
 from comfy_api.latest import io
-from einops import rearrange
 
-from ..models.video import encode_upscaled_tiled
+from ..models.video import encode_upscaled_tiled, resize_latent
 from .host import FAMILIES, Progress, check_finite, check_vae, vae_encode
 from .sockets import CATEGORY, PatchPlanType
 
@@ -48,12 +46,10 @@ def upscale_encode(plan, vae, images, latent, latent_mode: str, tile_px: int) ->
     check_vae(vae, FAMILIES[g.latent_channels])
     check_lr_input(plan, images, latent)
     s = g.spatial_stride
-    T, H, W = plan.latent_shape
+    _, H, W = plan.latent_shape
     if latent is not None and latent_mode == "latent bicubic":
         # Fast path: resize the latent itself; no VAE round trip, softer than re-encoding pixels.
-        x = rearrange(latent["samples"].float(), "b c t h w -> (b t) c h w")
-        x = kornia.geometry.transform.resize(x, (H, W), interpolation="bicubic", antialias=True)
-        return {"samples": rearrange(x, "(b t) c h w -> b c t h w", t=T).contiguous()}
+        return {"samples": resize_latent(latent["samples"], (H, W))}
     frames = images if images is not None else decode_frames(vae, latent["samples"])
     progress = Progress(1)
 

@@ -125,3 +125,15 @@ def test_lora_is_applied_through_patches_and_never_leaks(server, object_info):
     assert (with_lora - plain).abs().max() > 1e-3, "the LoRA changed nothing"
     assert (zero - plain).abs().max() == 0, "strength 0 must be the base model"
     assert (again - plain).abs().max() == 0, "the LoRA leaked into the input model"
+
+
+@pytest.mark.parametrize("mode", ["decode-resize-encode", "latent bicubic"])
+def test_t2v_latent_input_both_upscale_modes(server, object_info, mode):
+    prompt = tiny_prompt(REPO / "workflows" / "patchvsr_t2v_to_2k.json", object_info, t2v_size=(128, 80, 5))
+    prompt = override(prompt, "PatchVSR_Partitioner", target="scale", scale=2.0, patch_width=128, patch_height=80)
+    prompt = override(prompt, "PatchVSR_UpscaleEncode", latent_mode=mode)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "PatchVSR_Sampler")
+    prompt["903"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": "latents/t2v"}}
+    result = server.run(prompt)
+    assert result.status == "success", json.dumps(result.error)[:2000]
+    assert list(saved_latent(server, result).shape) == [1, 16, 2, 20, 32]
