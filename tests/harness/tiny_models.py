@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the recipe changes, so cached files are rebuilt.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class TinyVae:
 DIT = TinyWan("patchvsr-tiny-wan21-t2v")
 # An image-to-video Wan: the wrong family for PatchVSR, so the tests can check the error it gets.
 DIT_I2V = TinyWan("patchvsr-tiny-wan21-i2v", in_dim=36, model_type="i2v", seed=2)
+# Wan 2.2 TI2V-5B's layout: 48 latent channels in and out (ComfyUI detects it as WAN22 by out_dim 48).
+DIT_22 = TinyWan("patchvsr-tiny-wan22-ti2v5b", in_dim=48, seed=4)
 VAE = TinyVae("patchvsr-tiny-wan21-vae")
 LORA_NAME = "patchvsr-tiny-wan21-lora"  # rank 4 on every block's self-attention q and o, in ComfyUI's key naming
 
@@ -80,6 +82,7 @@ def files(out_dir: Path) -> dict[str, Path]:
     return {
         "dit": out_dir / "diffusion_models" / f"{DIT.name}.safetensors",
         "dit_i2v": out_dir / "diffusion_models" / f"{DIT_I2V.name}.safetensors",
+        "dit_22": out_dir / "diffusion_models" / f"{DIT_22.name}.safetensors",
         "vae": out_dir / "vae" / f"{VAE.name}.safetensors",
         "lora": out_dir / "loras" / f"{LORA_NAME}.safetensors",
         **{f"adapter_{k}": out_dir / "patchvsr" / f"{name}.safetensors" for k, name in ADAPTERS.items()},
@@ -124,7 +127,7 @@ def build(out_dir: Path) -> dict[str, Path]:
             num_heads=cfg.dim // 128,
             num_layers=cfg.num_layers,
             in_dim=cfg.in_dim,
-            out_dim=16,
+            out_dim=cfg.in_dim if cfg.model_type == "t2v" else 16,
             operations=comfy.ops.disable_weight_init,
         )
         _init_(dit, cfg.seed)
@@ -139,7 +142,12 @@ def build(out_dir: Path) -> dict[str, Path]:
         temperal_downsample=[False, True, True],
     )
     _init_(vae, VAE.seed)
-    for key, module, cfg in (("dit", wan(DIT), DIT), ("dit_i2v", wan(DIT_I2V), DIT_I2V), ("vae", vae, VAE)):
+    for key, module, cfg in (
+        ("dit", wan(DIT), DIT),
+        ("dit_i2v", wan(DIT_I2V), DIT_I2V),
+        ("dit_22", wan(DIT_22), DIT_22),
+        ("vae", vae, VAE),
+    ):
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(paths[key]), metadata=meta | {k: str(v) for k, v in asdict(cfg).items()})

@@ -137,3 +137,33 @@ def test_t2v_latent_input_both_upscale_modes(server, object_info, mode):
     result = server.run(prompt)
     assert result.status == "success", json.dumps(result.error)[:2000]
     assert list(saved_latent(server, result).shape) == [1, 16, 2, 20, 32]
+
+
+def test_wan22_ti2v5b_layout_plans_and_samples(server):
+    """48 latent channels at 16x: the plan uses Wan 2.2's stride and the sampler runs its DiT patch-wise."""
+    from harness.tiny_models import DIT_22
+
+    def latent(h, w, seed):
+        return {
+            "class_type": "PatchVSRTest_RandomLatent",
+            "inputs": {"channels": 48, "frames": 2, "height": h, "width": w, "seed": seed},
+        }
+
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{DIT_22.name}.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "PatchVSRTest_ZeroTextConditioning", "inputs": {"tokens": 8}},
+        "3": latent(9, 16, 0),  # a 144x256 px LR clip in Wan 2.2's latent
+        "4": {"class_type": "PatchVSR_Partitioner", "inputs": {
+            "model": ["1", 0], "latent": ["3", 0], "target": "scale", "scale": 2.0, "keep_aspect": True,
+            "patch_width": 256, "patch_height": 160, "window_frames": 0}},
+        "5": latent(18, 32, 1),  # stands in for Upscale & Encode's output (no 48-channel VAE here)
+        "6": {"class_type": "PatchVSR_Sampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent": ["5", 0], "plan": ["4", 0],
+            "lora_name": "None", "lora_strength": 1.0, "seed": 0, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "t0": 0.5, "patch_batch": 2}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/wan22"}},
+    }  # fmt: skip
+    result = server.run(prompt)
+    assert result.status == "success", json.dumps(result.error)[:2000]
+    out = saved_latent(server, result)
+    assert list(out.shape) == [1, 48, 2, 18, 32] and out.isfinite().all()

@@ -46,9 +46,35 @@ class PoisonImages(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+class RandomLatent(io.ComfyNode):
+    """A seeded random video latent of any channel count: the 48-channel Wan 2.2 tests have no VAE (its
+    hard-coded width makes even a random one 2.8 GB)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_RandomLatent",
+            display_name="Random Latent (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Int.Input("channels", default=16, min=1, max=256, tooltip="Latent channels."),
+                io.Int.Input("frames", default=1, min=1, max=64, tooltip="Latent frames."),
+                io.Int.Input("height", default=8, min=1, max=1024, tooltip="Latent rows."),
+                io.Int.Input("width", default=8, min=1, max=1024, tooltip="Latent columns."),
+                io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Seed."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, channels, frames, height, width, seed) -> io.NodeOutput:
+        gen = torch.Generator().manual_seed(seed)
+        return io.NodeOutput({"samples": torch.randn(1, channels, frames, height, width, generator=gen)})
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning, PoisonImages]
+        return [ZeroTextConditioning, PoisonImages, RandomLatent]
 
 
 async def comfy_entrypoint():
