@@ -101,16 +101,6 @@ class Accumulator:
         return self.num / self.den
 
 
-def fuse(patches: list[torch.Tensor], plan: PatchPlan, cfg: StitchConfig, full_shape: tuple[int, ...]) -> torch.Tensor:
-    """Fuses patch tensors given in `patch_list(plan, cfg)` order into one [B, C, T, H, W] tensor."""
-    pairs = patch_list(plan, cfg)
-    assert len(patches) == len(pairs), f"{len(patches)} patch tensors for {len(pairs)} patches"
-    acc = Accumulator(full_shape, patches[0].device)
-    for x, (win, box) in zip(patches, pairs):
-        acc.add(x, weight_volume(plan, cfg, win, box), win, box)
-    return acc.result().to(patches[0].dtype)
-
-
 def weight_maps(plan: PatchPlan, cfg: StitchConfig) -> torch.Tensor:
     """[4, H, W] each kind's share of the normalised spatial weight (base, aux_h, aux_v, aux_x)."""
     _, H, W = plan.latent_shape

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +60,6 @@ class TrainConfig:
     global_blocks: int = 0  # 0 = default (1/10, at least one per level)
     grad_checkpointing: bool = True
     spatial_stride: int = 8  # pixels per latent cell (8 Wan 2.1, 16 Wan 2.2 TI2V-5B)
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass

@@ -5,7 +5,6 @@ Only public ComfyUI objects are read here; nothing is changed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import comfy.ldm.wan.model
@@ -76,14 +75,6 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name}: {bad} values are NaN or infinite; check the node that produced it.")
-
-
-def round_to(x: float, multiple: int) -> int:
-    return max(multiple, int(round(x / multiple)) * multiple)
-
-
-def ceil_to(x: float, multiple: int) -> int:
-    return max(multiple, math.ceil(x / multiple) * multiple)
 
 
 class Progress:
