@@ -202,6 +202,17 @@ class ComfyServer:
                     result.status = "success"
         finally:
             ws.close()
-        history = self.get(f"/history/{prompt_id}").get(prompt_id, {})
-        result.outputs = history.get("outputs", {})
+        result.outputs = self.wait_for_history(prompt_id).get("outputs", {})
         return result
+
+    def wait_for_history(self, prompt_id: str, timeout: float = 60) -> dict:
+        """The prompt's /history entry. ComfyUI sends the websocket's end-of-prompt messages before its
+        queue stores the history, so reading it once right after them races (CI saw an empty entry)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None and (entry.get("status") or {}).get("completed") is not None:
+                return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} finished but has no /history entry after {timeout}s")
+            time.sleep(0.05)
