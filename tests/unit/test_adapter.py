@@ -78,6 +78,20 @@ def test_every_part_reaches_the_output(dm):
         assert (out - base).abs().max() > 1e-6, f"{name} does not change the output"
 
 
+def test_micro_conditions_only_shift_and_stay_bounded(dm):
+    """However large its weights grow, the micro-condition layer offsets only the two shift chunks of the
+    time modulation, by at most MICRO_BOUND (offsets of scale and gate made training collapse)."""
+    from models.adapter import MICRO_BOUND
+
+    adapter = make(dm)
+    with torch.no_grad():
+        adapter.micro.out.weight.normal_(0, 100.0)
+    delta = adapter.micro(rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 3, "cpu"))
+    assert delta.shape == (3, 1, 6, DIMS[0])
+    assert delta[:, :, [1, 2, 4, 5]].abs().max() == 0
+    assert 0.5 * MICRO_BOUND < delta.abs().max() <= MICRO_BOUND
+
+
 def wake(adapter, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
