@@ -44,6 +44,7 @@ class TrainConfig:
     steps: int = 2000
     lr: float = 1e-5  # paper: AdamW 1e-5
     weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm (0 = off): one bad batch must not undo the run
     crop_px: tuple[int, int] = (480, 832)  # crop area at the base model's native size (h, w)
     aspect: tuple[float, float] = (0.5, 2.0)  # crop aspect range (paper)
     max_frames: int = 81  # frames read per clip (1 + 4k)
@@ -118,6 +119,7 @@ class Trainer:
         self.adapter_cfg = adapter_cfg or AdapterConfig.for_base(
             dm.dim, dm.num_layers, dm.num_heads, dm.in_dim, patch_k=cfg.patch_blocks or None,
             global_k=cfg.global_blocks or None, lora_rank=cfg.lora_rank, lora_alpha=float(cfg.lora_rank),
+            patch_noise_t=sum(cfg.cond_noise) / 2,  # inference uses the middle of the trained range
         )  # fmt: skip
         torch.manual_seed(cfg.seed)  # adapter init (LoRA down matrices) is part of the run's identity
         self.adapter = PatchVSRAdapter(self.adapter_cfg, dm.blocks, dm.patch_embedding).to(self.device).train()
@@ -237,6 +239,8 @@ class Trainer:
             loss = self.loss(sample, self.gen)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             self.opt.step()
             self.step += 1
             entry = {"step": self.step, "loss": loss.item()}

@@ -57,6 +57,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size in pixels (default: native)")
     p.add_argument("--max-frames", type=int, default=81)
+    p.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=(1.0, 4.0),
+        help="LR down-scale factor range, s ~ U[LO, HI] (paper: 1 4); narrow it to train for one factor",
+    )
+    p.add_argument(
+        "--cond-noise",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=(0.2, 0.3),
+        help="patch-condition noise augmentation range (paper: 0.2 0.3); its middle is used at inference",
+    )
     p.add_argument("--patch-blocks", type=int, default=0, help="patch-branch blocks (0 = 1/6 of the base)")
     p.add_argument("--global-blocks", type=int, default=0, help="global-branch blocks (0 = 1/10 of the base)")
     p.add_argument("--val-every", type=int, default=100)
@@ -81,7 +97,8 @@ def main(argv: list[str]) -> int:
         data=str(args.data), out=str(args.out), work=str(args.work or args.out.with_suffix(".work")),
         steps=args.steps, lr=args.lr, lora_rank=args.lora_rank, crop_px=tuple(args.crop or family.native_hw),
         max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
-        val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+        val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed, scale=tuple(args.scale),
+        cond_noise=tuple(args.cond_noise),
     )  # fmt: skip
     path, history = run(model, vae, clip, cfg)
     vals = [h for h in history if "val" in h]
