@@ -125,6 +125,42 @@ class AdapterTrainer(io.ComfyNode):
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of crops, noise and data order."
                 ),
+                io.Float.Input(
+                    "scale_min",
+                    default=1.0,
+                    min=1.0,
+                    max=8.0,
+                    step=0.25,
+                    optional=True,
+                    tooltip="LR made by down-scaling by s ~ U[scale_min, scale_max] (paper: 1-4). Narrow it to the factor you upscale by.",
+                ),
+                io.Float.Input(
+                    "scale_max",
+                    default=4.0,
+                    min=1.0,
+                    max=8.0,
+                    step=0.25,
+                    optional=True,
+                    tooltip="Upper end of the LR down-scale range (at least scale_min).",
+                ),
+                io.Float.Input(
+                    "condition_noise_min",
+                    default=0.2,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="Patch-condition noise augmentation t ~ U[min, max] (paper: 0.2-0.3); the middle is used at inference.",
+                ),
+                io.Float.Input(
+                    "condition_noise_max",
+                    default=0.3,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="Upper end of the patch-condition noise range (at least condition_noise_min).",
+                ),
                 io.Clip.Input(
                     "clip",
                     optional=True,
@@ -140,8 +176,13 @@ class AdapterTrainer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, data_folder, adapter_name, steps, learning_rate, lora_rank, crop_width, crop_height,
-                max_frames, checkpoint_every, seed, clip=None) -> io.NodeOutput:  # fmt: skip
+                max_frames, checkpoint_every, seed, scale_min=1.0, scale_max=4.0, condition_noise_min=0.2,
+                condition_noise_max=0.3, clip=None) -> io.NodeOutput:  # fmt: skip
         family = model_family(model)
+        for lo_name, lo, hi_name, hi in (("scale_min", scale_min, "scale_max", scale_max),
+                                         ("condition_noise_min", condition_noise_min, "condition_noise_max", condition_noise_max)):  # fmt: skip
+            if lo > hi:
+                raise ValueError(f"{lo_name}: {lo} is above {hi_name} {hi}. Set {lo_name} <= {hi_name}.")
         if not data_folder or not os.path.isdir(data_folder):
             raise ValueError(f"data_folder: '{data_folder}' is not a folder. Give the path of a folder of HR videos.")
         if not adapter_name or any(c in adapter_name for c in "/\\:"):
@@ -153,7 +194,8 @@ class AdapterTrainer(io.ComfyNode):
             data=data_folder, out=os.path.join(out_dir, f"{adapter_name}.safetensors"),
             work=os.path.join(folder_paths.get_temp_directory(), "patchvsr_train", adapter_name),
             steps=steps, lr=learning_rate, lora_rank=lora_rank, crop_px=crop, max_frames=max_frames,
-            ckpt_every=checkpoint_every, seed=seed,
+            ckpt_every=checkpoint_every, seed=seed, scale=(scale_min, scale_max),
+            cond_noise=(condition_noise_min, condition_noise_max),
         )  # fmt: skip
         path, history = run(model, vae, clip, cfg, Progress(steps))
         return io.NodeOutput(os.path.basename(path))

@@ -90,6 +90,20 @@ def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, t
     saved[0].unlink()
 
 
+def test_trainer_node_rejects_an_inverted_range(server, tmp_path):
+    make_clip(tmp_path / "c0.mp4", width=96, height=64, frames=5)
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{DIT.name}.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": f"{VAE.name}.safetensors"}},
+        "3": {"class_type": "PatchVSR_Trainer", "inputs": {
+            "model": ["1", 0], "vae": ["2", 0], "data_folder": str(tmp_path), "adapter_name": "never-written",
+            "steps": 1, "learning_rate": 1e-3, "lora_rank": 4, "crop_width": 64, "crop_height": 48, "max_frames": 5,
+            "checkpoint_every": 1, "seed": 0, "scale_min": 3.0, "scale_max": 2.0}},
+    }  # fmt: skip
+    msg = error_text(server.run(prompt))
+    assert "scale_min: 3.0 is above scale_max 2.0" in msg, msg
+
+
 def test_command_line_trainer(tiny_models, tmp_path):
     data = tmp_path / "clips"
     make_clip(data / "c0.mp4", width=96, height=64, frames=5)
