@@ -81,7 +81,11 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
     for i, clip in enumerate(clips):
         scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
         # A stable digest (not hash(), which changes per process) so a restarted run finds its cache.
-        ident = f"{clip.path.resolve()}|{clip.path.stat().st_mtime_ns}|{cfg.max_frames}|{cfg.crop_px}|{cfg.seed}"
+        # Everything the cached tensors depend on: a changed --scale must not reuse LR made at the old one.
+        ident = (
+            f"{clip.path.resolve()}|{clip.path.stat().st_mtime_ns}|{cfg.max_frames}|{cfg.crop_px}|{cfg.seed}"
+            f"|{cfg.scale}|{cfg.variants}"
+        )
         key = f"{clip.path.stem}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
         for v, s in enumerate(scales):
             path = cache / f"{key}-v{v}.safetensors"

@@ -79,3 +79,12 @@ def test_resume_is_bit_exact(host, data, tmp_path):
     assert straight.history[-1] == resumed.history[-1]
     a, b = straight.adapter.state_dict(), resumed.adapter.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
+
+
+def test_cache_is_not_reused_for_another_scale_range(host, data, tmp_path):
+    from safetensors import safe_open
+
+    wide = cache_latents(config(data, tmp_path), find_clips(data)[:1], host)
+    narrow = cache_latents(config(data, tmp_path, scale=(2.0, 2.0)), find_clips(data)[:1], host)
+    assert not set(wide) & set(narrow), "a new scale range reused latents cached for the old one"
+    assert {float(safe_open(str(p), "pt").metadata()["scale"]) for p in narrow} == {2.0}
