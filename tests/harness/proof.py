@@ -126,7 +126,7 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
     out = models_dir / "diffusion_models" / f"{BASE_NAME}.safetensors"
     from safetensors import safe_open
 
-    if out.exists() and safe_open(str(out), "pt").metadata().get("proof") == cfg.key():
+    if out.exists() and (safe_open(str(out), "pt").metadata() or {}).get("proof") == cfg.key():
         return out
     import torch
     import torch.nn.functional as F
