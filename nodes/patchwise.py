@@ -81,11 +81,12 @@ class PatchwiseDiffusion:
         self._global_lp = None
 
     # PREPARE_SAMPLING: ComfyUI sizes model loading by the latent it sees; the DiT sees patch batches.
-    def prepare_sampling(self, executor, model, noise_shape, conds, model_options=None):
+    # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
+    def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
         t, h, w = max((p[0].length, p[1].height, p[1].width) for b in self.jm.batches for p in b)
         k = max(len(b) for b in self.jm.batches)
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
-        return executor(model, patch_shape, conds, model_options=model_options)
+        return executor(model, patch_shape, conds, *args, **kwargs)
 
     def on_step(self, step: int) -> None:
         self.step_ceiling = (step + 2) * len(self.jm.batches)
