@@ -67,16 +67,22 @@ def compute_call(dm, adapter: PatchVSRAdapter, lr: torch.Tensor, micro: torch.Te
     return AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(dtype))
 
 
-def block_patch(adapter: PatchVSRAdapter, index: int, block, checkpoint: bool = False) -> Callable:
+def block_patch(
+    adapter: PatchVSRAdapter, index: int, block, checkpoint: bool = False, inner: Callable | None = None
+) -> Callable:
     """The replacement for base block `index`: the original block, then the adapter's additions.
-    checkpoint=True recomputes the block in the backward pass (training memory)."""
+    checkpoint=True recomputes the block in the backward pass (training memory). `inner(args, extra)` is a
+    block replacement another extension set before this one: it runs in place of the original block, so
+    both take effect."""
     interval = adapter.cfg.interval_of(index)
 
     def patch(args: dict, extra: dict) -> dict:
+        def run(a: dict) -> dict:
+            return extra["original_block"](a) if inner is None else inner(a, extra)
+
         call: AdapterCall | None = args["transformer_options"].get(CALL_KEY)
         if call is None:  # a call without adapter data (e.g. another sampler sharing the model): untouched
-            return extra["original_block"](args)
-        run = extra["original_block"]
+            return run(args)
         args = {**args, "vec": args["vec"] + call.micro}
         if checkpoint and torch.is_grad_enabled():
             x = torch.utils.checkpoint.checkpoint(

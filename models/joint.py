@@ -17,7 +17,10 @@ from .blend import Accumulator, StitchConfig, patch_list, weight_volume
 from .plan import Box, PatchPlan, Window
 
 Patch = tuple[Window, Box]
-# fn(x: [(k B), C, t, h, w], patches: the k patches) -> [(k B), C, t, h, w]
+# fn(x: [(B k), C, t, h, w], patches: the k patches) -> [(B k), C, t, h, w]. Rows are batch-major: the k
+# patches of row 0, then of row 1, ... ComfyUI stacks cond and uncond rows as chunks of the batch
+# (transformer_options["cond_or_uncond"]), and guidance extensions split the batch into those chunks; with
+# batch-major rows each chunk still holds exactly its own rows (for all k patches).
 PatchFn = Callable[[torch.Tensor, Sequence[Patch]], torch.Tensor]
 # post(pred: [B, C, t, h, w], x: [B, C, t, h, w], patch) -> [B, C, t, h, w], per patch before fusion
 PostFn = Callable[[torch.Tensor, torch.Tensor, Patch], torch.Tensor]
@@ -26,6 +29,33 @@ PostFn = Callable[[torch.Tensor, torch.Tensor, Patch], torch.Tensor]
 def crop(x: torch.Tensor, window: Window, box: Box) -> torch.Tensor:
     """x: [B, C, T, H, W] -> [B, C, t, h, w] view of one patch."""
     return x[:, :, window.t0 : window.t1, box.y0 : box.y1, box.x0 : box.x1]
+
+
+def patch_rows(value, patches: Sequence[Patch], batch: int, latent_thw: tuple[int, int, int]):
+    """Per-call model input laid out like a patch batch (rows batch-major, as the latent crops).
+
+    value: [B, ...] per-row data -> [(B k), ...] repeated per patch; [B, C, T, H, W] on the latent's grid ->
+    [(B k), C, t, h, w] cropped per patch; anything without the batch dim (constants, options) -> unchanged.
+    """
+    if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != batch:
+        return value
+    if value.ndim == 5 and tuple(value.shape[2:]) == tuple(latent_thw):
+        return rearrange(torch.stack([crop(value, *p) for p in patches]), "k b c t h w -> (b k) c t h w")
+    return value.repeat_interleave(len(patches), dim=0)
+
+
+def patch_timesteps(timestep: torch.Tensor, patches: Sequence[Patch], latent_frames: int) -> torch.Tensor:
+    """timestep: [B], or per latent frame [B, T] (Wan 2.2 with a denoise mask) -> [(B k)] or [(B k), t]."""
+    if timestep.ndim == 1:
+        return timestep.repeat_interleave(len(patches), dim=0)
+    if timestep.ndim == 2 and timestep.shape[1] == latent_frames:
+        per_patch = torch.stack([timestep[:, win.t0 : win.t1] for win, _ in patches])  # k B t
+        return rearrange(per_patch, "k b t -> (b k) t")
+    raise ValueError(
+        f"model: timesteps of shape {list(timestep.shape)} (per token) reached PatchVSR's sampler, from a denoise "
+        "mask or an extension that varies the noise level across the frame; only per-frame timesteps can be cut "
+        "into patches. Remove the mask or the extension."
+    )
 
 
 @dataclass(frozen=True)
@@ -66,8 +96,8 @@ class JointModulation:
         acc = Accumulator(tuple(x.shape), x.device)
         for batch in self.batches:
             xs = torch.stack([crop(x, *p) for p in batch])  # k B C t h w
-            out = fn(rearrange(xs, "k b c t h w -> (k b) c t h w"), batch)
-            out = rearrange(out, "(k b) c t h w -> k b c t h w", k=len(batch))
+            out = fn(rearrange(xs, "k b c t h w -> (b k) c t h w"), batch)
+            out = rearrange(out, "(b k) c t h w -> k b c t h w", k=len(batch))
             for i, p in enumerate(batch):
                 pred = out[i] if post is None else post(out[i], xs[i], p)
                 acc.add(pred, self.weights[p], *p)

@@ -222,7 +222,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def validation_loss(self, samples: list[Sample]) -> float:
-        gen = torch.Generator().manual_seed(10_000 + self.cfg.seed)  # the same crops and noise every time
+        gen = torch.Generator().manual_seed((10_000 + self.cfg.seed) % 2**64)  # same crops and noise each time
         with torch.no_grad():
             losses = [self.loss(s, gen).item() for s in samples for _ in range(4)]
         return sum(losses) / len(losses)

@@ -14,17 +14,20 @@ from ..models import adapter_runtime as rt
 from ..models.blend import StitchConfig
 from ..models.context import anchor_low_frequency, global_lowpass, lowpass_sigma
 from ..models.flow import noise_to
-from ..models.joint import JointModulation, crop
+from ..models.joint import JointModulation, crop, patch_rows, patch_timesteps
 from .host import Progress
 
 WRAPPER_KEY = "patchvsr"
 
 
-def _repeat_batch(value, k: int, batch: int):
-    """Repeats tensors whose first dim is the batch k times (patch-major), leaving the rest alone."""
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
-        return value.repeat(k, *([1] * (value.ndim - 1)))
-    return value
+# Conditioning a T2V Wan can receive that is not a per-row tensor PatchVSR could cut into patches. The
+# sampler node refuses these before sampling (sampler.check_conditioning); the wrapper checks again, since
+# another extension can add conditioning after the node has looked.
+UNCUT_CONDITIONING = {
+    "reference_latent": "a reference latent (reference-image nodes)",
+    "context_latents": "in-context reference latents",
+    "control": "a ControlNet's hints",
+}
 
 
 class AdapterInputs:
@@ -35,7 +38,7 @@ class AdapterInputs:
     def __init__(self, loaded, dm, plan, context, lr_latent: torch.Tensor, latent_format, seed: int):
         self.loaded, self.dm, self.plan, self.context = loaded, dm, plan, context
         cfg = loaded.config
-        gen = torch.Generator().manual_seed(seed + 1)  # not the sampler's noise: an independent draw
+        gen = torch.Generator().manual_seed((seed + 1) % 2**64)  # not the sampler's noise: independent
         lr = latent_format.process_in(lr_latent.float())
         self.lr_noised = noise_to(lr, cfg.patch_noise_t, torch.randn(lr.shape, generator=gen))
         self.global_noised = latent_format.process_in(context.noised.float())
@@ -55,15 +58,20 @@ class AdapterInputs:
         return self.tokens[patch]
 
     def call(self, patches, batch: int, device, dtype) -> rt.AdapterCall:
+        """The adapter's per-patch inputs for one DiT call, rows batch-major like the latent crops."""
         adapter = self.loaded.patcher.model
         _, H, W = self.plan.latent_shape
         lr, micro, tokens = [], [], []
         for win, box in patches:
-            lr.append(crop(self.lr_noised, win, box).to(device, dtype).expand(batch, -1, -1, -1, -1))
+            lr.append(crop(self.lr_noised, win, box).to(device, dtype))
             frac = (box.y0 / H, box.x0 / W, box.y1 / H, box.x1 / W)
-            micro.append(rt.micro_vector(self.plan.geometry.scale, adapter.cfg.patch_noise_t, frac, batch, device))
-            tokens.append(self._tokens(adapter, (win, box), device, dtype).expand(batch, -1, -1))
-        return rt.compute_call(self.dm, adapter, torch.cat(lr), torch.cat(micro), tokens=torch.cat(tokens))
+            micro.append(rt.micro_vector(self.plan.geometry.scale, adapter.cfg.patch_noise_t, frac, 1, device))
+            tokens.append(self._tokens(adapter, (win, box), device, dtype))
+
+        def rows(parts):  # k x [1, ...] -> [(B k), ...]
+            return torch.cat(parts).repeat(batch, *([1] * (parts[0].ndim - 1)))
+
+        return rt.compute_call(self.dm, adapter, rows(lr), rows(micro), tokens=rows(tokens))
 
 
 class PatchwiseDiffusion:
@@ -111,16 +119,35 @@ class PatchwiseDiffusion:
 
         return post
 
-    # DIFFUSION_MODEL: WanModel.forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options)
+    # DIFFUSION_MODEL: WanModel.forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options,
+    # **kwargs); newer hosts may add arguments, which are passed on (tensors with a batch dim per patch).
     def __call__(
-        self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs
+        self,
+        executor,
+        x,
+        timestep,
+        context,
+        clip_fea=None,
+        time_dim_concat=None,
+        transformer_options={},
+        *args,
+        **kwargs,
     ):
         if clip_fea is not None or time_dim_concat is not None:
             raise ValueError(
                 "model: image or time-concat conditions reached PatchVSR's sampler; use a Wan T2V model and text conditioning."
             )
+        uncut = [what for name, what in UNCUT_CONDITIONING.items() if kwargs.get(name) is not None]
+        if uncut:
+            raise ValueError(
+                f"positive/negative: {', '.join(uncut)} reached PatchVSR's sampler; it cannot be cut into patches. "
+                "Remove the node that adds it, or sample without PatchVSR."
+            )
         batch = x.shape[0]
-        sigmas = transformer_options.get("sigmas", timestep / 1000.0)  # [B] flow time of each batch row
+        thw = tuple(x.shape[2:])
+        # [B] flow time of each batch row: ComfyUI gives one sigma per latent row, repeated per cond chunk.
+        sig = transformer_options.get("sigmas", timestep.reshape(batch, -1)[:, 0] / 1000.0).reshape(-1)
+        sigmas = sig.repeat(batch // sig.numel()) if batch % sig.numel() == 0 else sig[:1].expand(batch)
 
         def run(xs, patches):
             self.progress.check()  # cancel lands within one patch batch
@@ -128,8 +155,9 @@ class PatchwiseDiffusion:
             opts = dict(transformer_options, patchvsr={"patches": tuple(patches), "batch": batch})
             if self.adapter is not None:
                 opts[rt.CALL_KEY] = self.adapter.call(patches, batch, xs.device, xs.dtype)
-            extra = {name: _repeat_batch(v, k, batch) for name, v in kwargs.items()}
-            out = executor(xs, timestep.repeat(k), context.repeat(k, 1, 1), None, None, opts, **extra)
+            extra = {name: patch_rows(v, patches, batch, thw) for name, v in kwargs.items()}
+            t = patch_timesteps(timestep, patches, thw[0])
+            out = executor(xs, t, context.repeat_interleave(k, dim=0), None, None, opts, *args, **extra)
             self.progress.tick(1, self.step_ceiling - 1)
             return out
 
@@ -156,8 +184,12 @@ def attach(
     if adapter is not None:
         dm = model.get_model_object("diffusion_model")
         inputs = AdapterInputs(adapter, dm, plan, context, lr_latent, latent_format, seed)
+        # Compose with block replacements other nodes set on this model: theirs runs inside ours.
+        replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for i, block in enumerate(dm.blocks):
-            patched.set_model_patch_replace(rt.block_patch(adapter.patcher.model, i, block), "dit", "double_block", i)
+            inner = replaced.get(("double_block", i))
+            patch = rt.block_patch(adapter.patcher.model, i, block, inner=inner)
+            patched.set_model_patch_replace(patch, "dit", "double_block", i)
         # ComfyUI loads and offloads the adapter's weights together with the model.
         patched.set_additional_models(WRAPPER_KEY, [adapter.patcher])
     wrapper = PatchwiseDiffusion(jm, context, latent_format, progress, inputs)

@@ -35,6 +35,11 @@ def check_inputs(model, latent, plan, context, adapter=None) -> None:
             "Connect the latent from PatchVSR Upscale & Encode made with this plan."
         )
     check_finite(x, "latent")
+    if latent.get("noise_mask") is not None:
+        raise ValueError(
+            "latent: it carries a noise mask (Set Latent Noise Mask, or an image-to-video latent); PatchVSR "
+            "upscales whole frames. Connect the latent from PatchVSR Upscale & Encode."
+        )
     if context is not None and context.plan_key != (plan.config, plan.geometry):
         raise ValueError(
             "context: this global context was built for another plan. Connect the same plan to the Global Context node."
@@ -47,6 +52,34 @@ def check_inputs(model, latent, plan, context, adapter=None) -> None:
             )
         if context is None:
             raise ValueError("context: a trained adapter needs the global context. Connect PatchVSR Global Context.")
+
+
+# Conditioning keys that carry images or latents on the full frame (image-to-video, references, control):
+# PatchVSR cannot give each patch its part of them, so they are refused before any sampling.
+UNCUT_CONDITIONING = {
+    "concat_latent_image": "a start image latent (image-to-video nodes)",
+    "concat_mask": "an image-to-video mask",
+    "clip_vision_output": "CLIP vision features (image-to-video nodes)",
+    "reference_latents": "reference latents (reference-image nodes)",
+    "context_latents": "in-context reference latents",
+    "time_dim_concat": "latents concatenated in time",
+    "control": "a ControlNet",
+    "vace_frames": "VACE control frames",
+}
+# The seed also reaches ComfyUI's samplers, some of which add 1 to it for a torch generator (ddim): keep it
+# in range so every value of the 64-bit seed widget works.
+SAMPLER_SEED_RANGE = 2**63
+
+
+def check_conditioning(conditioning, name: str) -> None:
+    """Raises if `conditioning` carries something PatchVSR cannot cut into patches."""
+    for _, options in conditioning:
+        found = [what for key, what in UNCUT_CONDITIONING.items() if options.get(key) is not None]
+        if found:
+            raise ValueError(
+                f"{name}: this conditioning carries {', '.join(found)}, made for the whole frame; PatchVSR cannot "
+                "cut it into patches. Connect plain text conditioning (CLIP Text Encode) to the sampler."
+            )
 
 
 def apply_adapter_lora(model, adapter):
@@ -70,6 +103,8 @@ def load_lora(model, lora_name: str, strength: float):
 def sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength, seed, steps, cfg,
            sampler_name, scheduler, t0, patch_batch, adapter=None) -> dict:  # fmt: skip
     check_inputs(model, latent, plan, context, adapter)
+    check_conditioning(positive, "positive")
+    check_conditioning(negative, "negative")
     stitch = stitcher if stitcher is not None else StitchConfig()
     model = load_lora(model, lora_name, lora_strength)
     if adapter is not None:
@@ -90,7 +125,7 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
 
     out = comfy.sample.sample_custom(
         patched, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, x,
-        callback=callback, disable_pbar=True, seed=seed,
+        callback=callback, disable_pbar=True, seed=seed % SAMPLER_SEED_RANGE,
     )  # fmt: skip
     check_finite(out, "the sampler's output (lower cfg or check the model)")
     return {"samples": out.to(torch.float32)}

@@ -4,11 +4,12 @@ import random
 
 import pytest
 import torch
+from einops import rearrange
 
 from models.blend import StitchConfig, StitchMode, weight_maps
 from models.context import ContextConfig, anchor_low_frequency, global_lowpass, lowpass_sigma
-from models.flow import euler_sample, noise_to, sigmas_from_t0, velocity_from_x0, x0_from_velocity
-from models.joint import JointModulation, crop
+from models.flow import euler_sample, noise_to, velocity_from_x0, x0_from_velocity
+from models.joint import JointModulation, crop, patch_rows, patch_timesteps
 from models.plan import PlanConfig, make_plan
 
 TS = [0.9, 0.7, 0.45, 0.2, 0.05, 0.0]
@@ -20,7 +21,9 @@ def sample(plan, stitch, x0_of_patch, z, batch=3, post=None):
 
     def velocity(zt, t):
         def fn(xs, patches):
-            return velocity_from_x0(xs, torch.cat([x0_of_patch(p) for p in patches]), t)
+            # The patch batch is batch-major ((B k) rows), as ComfyUI's cond/uncond chunks need.
+            x0 = rearrange(torch.stack([x0_of_patch(p) for p in patches]), "k b ... -> (b k) ...")
+            return velocity_from_x0(xs, x0, t)
 
         return jm(zt, fn, post=post(t) if post else None)
 
@@ -157,13 +160,22 @@ def test_global_context_lowers_colour_drift():
     assert on < 0.5 * off
 
 
-def test_sigmas_from_t0_starts_at_t0_and_keeps_step_count():
-    def shifted(n, shift=8.0):  # Wan's flow shift applied to a linear schedule, like ComfyUI's 'simple'
-        t = torch.linspace(1, 0, n + 1)
-        return shift * t / (1 + (shift - 1) * t)
-
-    for t0 in (0.3, 0.6, 0.95):
-        s = sigmas_from_t0(shifted, 10, t0)
-        assert len(s) == 11 and s[0].item() == pytest.approx(t0) and s[-1].item() == 0.0
-        assert (s[1:] < s[:-1]).all()
-    torch.testing.assert_close(sigmas_from_t0(shifted, 10, 1.0), shifted(10))
+def test_model_inputs_follow_the_patch_batch_layout():
+    """Per-row inputs repeat per patch, latent-grid inputs are cropped, per-frame timesteps cut by window,
+    all in the batch-major row order the latent crops use; per-token timesteps are refused."""
+    plan = make_plan(PlanConfig((5, 8, 12), (4, 6), 3))
+    jm = JointModulation.build(plan, StitchConfig(), 64)
+    patches = max(jm.batches, key=len)
+    k, B = len(patches), 2
+    x = torch.randn(B, 3, 5, 8, 12)
+    rows = rearrange(torch.stack([crop(x, *p) for p in patches]), "k b ... -> (b k) ...")
+    torch.testing.assert_close(patch_rows(x, patches, B, (5, 8, 12)), rows)
+    per_row = torch.tensor([1.0, 2.0])
+    assert patch_rows(per_row, patches, B, (5, 8, 12)).tolist() == [1.0] * k + [2.0] * k
+    assert patch_rows("opt", patches, B, (5, 8, 12)) == "opt"
+    t = torch.arange(B * 5, dtype=torch.float32).reshape(B, 5)
+    got = patch_timesteps(t, patches, 5)
+    assert got.shape[0] == B * k and got[k].tolist() == t[1, patches[0][0].t0 : patches[0][0].t1].tolist()
+    assert patch_timesteps(per_row, patches, 5).tolist() == [1.0] * k + [2.0] * k
+    with pytest.raises(ValueError, match="per token"):
+        patch_timesteps(torch.zeros(B, 5 * 4 * 6), patches, 5)

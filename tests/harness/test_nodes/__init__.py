@@ -1,7 +1,8 @@
 """Test-only nodes, loaded into the test server beside the pack but never shipped with it.
 
 No text-encoder weights exist on the test machines, so conditioning comes from here: zero text tokens of
-the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validation tests a NaN.
+the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validation tests a NaN;
+LatentStats reports on sampler outputs.
 """
 
 import torch
@@ -17,13 +18,18 @@ class ZeroTextConditioning(io.ComfyNode):
             node_id="PatchVSRTest_ZeroTextConditioning",
             display_name="Zero Text Conditioning (tests)",
             category="testing/patchvsr",
-            inputs=[io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of zero text tokens.")],
+            inputs=[
+                io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of zero text tokens."),
+                io.Float.Input(
+                    "value", default=0.0, min=-10.0, max=10.0, optional=True, tooltip="Fill value (0: zero tokens)."
+                ),
+            ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, tokens) -> io.NodeOutput:
-        return io.NodeOutput([[torch.zeros(1, tokens, WAN_TEXT_DIM), {}]])
+    def execute(cls, tokens, value=0.0) -> io.NodeOutput:
+        return io.NodeOutput([[torch.full((1, tokens, WAN_TEXT_DIM), value), {}]])
 
 
 class PoisonImages(io.ComfyNode):
@@ -72,9 +78,66 @@ class RandomLatent(io.ComfyNode):
         return io.NodeOutput({"samples": torch.randn(1, channels, frames, height, width, generator=gen)})
 
 
+class LatentStats(io.ComfyNode):
+    """An output node that reports whether a latent is finite and its largest magnitude, for matrix tests
+    that check many sampler nodes in one prompt without saving files."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_LatentStats",
+            display_name="Latent Stats (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Latent.Input("samples", tooltip="The latent to measure.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, samples) -> io.NodeOutput:
+        x = samples["samples"]
+        finite = bool(torch.isfinite(x).all())
+        peak = float(x[torch.isfinite(x)].abs().max()) if finite else float("nan")
+        return io.NodeOutput(ui={"patchvsr_stats": [{"finite": finite, "max_abs": peak, "shape": list(x.shape)}]})
+
+
+class BlockProbe(io.ComfyNode):
+    """Stands in for another extension that patches the model: a clone with a block replacement on block 0
+    (what SkipLayerGuidance-like and attention-patching nodes install) that scales the block's output and
+    raises unless the rows of every cond/uncond chunk carry that chunk's own text, which is how guidance
+    extensions split ComfyUI's batch (transformer_options["cond_or_uncond"])."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_BlockProbe",
+            display_name="Block Probe (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to clone and patch."),
+                io.Float.Input("scale", default=1.0, min=0.0, max=10.0, tooltip="Factor on block 0's output."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, scale) -> io.NodeOutput:
+        def probe(args, extra):
+            chunks = args["txt"].chunk(len(args["transformer_options"]["cond_or_uncond"]))
+            for i, chunk in enumerate(chunks):
+                if not all(torch.equal(chunk[0], row) for row in chunk):
+                    raise RuntimeError(f"batch order: chunk {i} of the DiT batch mixes cond and uncond rows")
+            out = extra["original_block"](args)
+            return {**out, "img": out["img"] * scale}
+
+        patched = model.clone()
+        patched.set_model_patch_replace(probe, "dit", "double_block", 0)
+        return io.NodeOutput(patched)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning, PoisonImages, RandomLatent]
+        return [ZeroTextConditioning, PoisonImages, RandomLatent, LatentStats, BlockProbe]
 
 
 async def comfy_entrypoint():
