@@ -16,7 +16,8 @@ D model width, G global tokens, K patch-branch blocks.
 - Micro-conditions (scale factor, noise level, crop location) embedded and added to the time modulation's
   two shift chunks through a zero-initialised, tanh-bounded layer (see MicroConditions for why).
 Every output starts at zero, so an untrained adapter leaves the base model's output bit for bit unchanged.
-The host's block classes are used as given: the branches hold deep copies of the base's block modules.
+The host's block classes are used as given: the branches hold copies of the base's blocks (plain_copy) whose
+layers are stock PyTorch layers in one compute dtype, whatever format the base was loaded in.
 """
 
 from __future__ import annotations
@@ -42,6 +43,59 @@ LORA_TARGETS = (
 MICRO_MAX_FREQ = 64.0  # highest micro-condition feature frequency, radians per unit (see sinusoid)
 MICRO_BOUND = 1.0  # largest shift offset from micro-conditions (the blocks' inputs are layer-normalised)
 MICRO_FIELDS = 6  # scale factor, noise level, crop y0, x0, y1, x1 (fractions of the frame)
+
+
+WeightOf = Callable[[nn.Module, str], torch.Tensor]  # (layer, parameter name) -> its values as real numbers
+
+
+def stored_tensor(layer: nn.Module, name: str) -> torch.Tensor:
+    """A layer's parameter as stored. Enough for plain fp8/fp16/bf16 weights (a cast recovers them); a host
+    that stores scaled or quantized weights passes its own reader to plain_copy."""
+    return getattr(layer, name)
+
+
+# Stock PyTorch layers a Wan block and its patch embedding are made of, each rebuilt from its
+# hyperparameters on the meta device (no init work: plain_copy assigns every tensor).
+STOCK_LAYERS: dict[type, Callable[[nn.Module], nn.Module]] = {
+    nn.Conv3d: lambda m: nn.Conv3d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                   m.groups, m.bias is not None, m.padding_mode, device="meta"),
+    nn.LayerNorm: lambda m: nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None,
+                                         device="meta"),
+    nn.RMSNorm: lambda m: nn.RMSNorm(m.normalized_shape, m.eps, m.elementwise_affine, device="meta"),
+    nn.Linear: lambda m: nn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta"),
+}  # fmt: skip
+
+
+def _stock_kind(layer: nn.Module) -> type | None:
+    """Which stock layer `layer` is. Hosts subclass these to cast or dequantize weights on the fly; a
+    quantized linear may subclass only nn.Module (ComfyUI 0.33), and is known by its in/out features."""
+    kind = next((k for k in STOCK_LAYERS if isinstance(layer, k)), None)
+    if kind is None and hasattr(layer, "in_features") and hasattr(layer, "out_features"):
+        return nn.Linear
+    return kind
+
+
+def plain_copy(module: nn.Module, dtype: torch.dtype, weight_of: WeightOf = stored_tensor) -> nn.Module:
+    """A copy of `module` (base blocks, the patch embedding, a whole DiT) whose layers are stock PyTorch
+    layers holding plain `dtype` tensors read through `weight_of`.
+
+    A deep copy would keep the host's storage and layer classes: fp8 weights (into which the adapter file's
+    trained branch weights would then be rounded), scaled-fp8 scales applied in the host's forward,
+    quantized tensor subclasses, and ops that cast on the fly; the copy's state-dict keys would also depend
+    on the base's format. Here the structure (the block classes and their forward) is deep-copied, and every
+    layer or parameter that holds weights is replaced on the way through deepcopy's memo."""
+    memo: dict[int, object] = {}
+    for sub in module.modules():
+        kind = _stock_kind(sub)
+        if kind is not None:
+            new = STOCK_LAYERS[kind](sub)
+            for name, _ in list(new.named_parameters(recurse=False)):
+                setattr(new, name, nn.Parameter(weight_of(sub, name).detach().to(dtype=dtype, copy=True)))
+            memo[id(sub)] = new
+        else:  # a parameter a block owns itself (Wan's modulation)
+            for name, p in sub.named_parameters(recurse=False):
+                memo[id(p)] = nn.Parameter(weight_of(sub, name).detach().to(dtype=dtype, copy=True))
+    return copy.deepcopy(module, memo)
 
 
 def equal_intervals(n_layers: int, k: int) -> tuple[int, ...]:
@@ -135,10 +189,11 @@ def sinusoid(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class PatchBranch(nn.Module):
-    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module, dtype, weight_of: WeightOf):
         super().__init__()
-        self.embed = copy.deepcopy(patch_embedding)
-        self.blocks = nn.ModuleList(copy.deepcopy(base_blocks[i]) for i in cfg.patch_blocks)
+        # The embedding runs in float32 as the base's does (Wan keeps its patch embedding in float32).
+        self.embed = plain_copy(patch_embedding, torch.float32, weight_of)
+        self.blocks = nn.ModuleList(plain_copy(base_blocks[i], dtype, weight_of) for i in cfg.patch_blocks)
         self.proj = nn.ModuleList(zero_linear(cfg.base_dim, cfg.base_dim) for _ in cfg.patch_blocks)
 
     def forward(self, lr: torch.Tensor, e0: torch.Tensor, rope: Callable, context: torch.Tensor) -> list:
@@ -155,19 +210,21 @@ class PatchBranch(nn.Module):
 
 
 class GlobalBranch(nn.Module):
-    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module, dtype, weight_of: WeightOf):
         super().__init__()
         c, d = cfg.in_channels, cfg.base_dim
-        base_w = patch_embedding.weight.detach()
+        base_w = weight_of(patch_embedding, "weight").detach()
         # One more input channel for the location mask; its weights start at zero (paper: concatenated).
         self.embed = nn.Conv3d(c + 1, d, kernel_size=tuple(base_w.shape[2:]), stride=tuple(base_w.shape[2:]))
         with torch.no_grad():
             self.embed.weight.zero_()
             self.embed.weight[:, :c] = base_w.float()
-            self.embed.bias.copy_(patch_embedding.bias.detach().float())
+            self.embed.bias.copy_(weight_of(patch_embedding, "bias").detach().float())
         chunks = [sorted(cfg.global_blocks)[round(i * len(cfg.global_blocks) / cfg.global_levels) : round((i + 1) * len(cfg.global_blocks) / cfg.global_levels)] for i in range(cfg.global_levels)]  # fmt: skip
         assert all(chunks), f"{len(cfg.global_blocks)} global blocks cannot fill {cfg.global_levels} levels"
-        self.levels = nn.ModuleList(nn.ModuleList(copy.deepcopy(base_blocks[i]) for i in chunk) for chunk in chunks)
+        self.levels = nn.ModuleList(
+            nn.ModuleList(plain_copy(base_blocks[i], dtype, weight_of) for i in chunk) for chunk in chunks
+        )
         # 2x2 merge to one token, initialised as the mean of the four (patchify of the level's output).
         self.merge = nn.ModuleList(nn.Linear(4 * d, d) for _ in chunks)
         with torch.no_grad():
@@ -262,11 +319,15 @@ def _module_name(block: int, target: str) -> str:
 
 
 class PatchVSRAdapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module):
+    """dtype: the branches' copied blocks hold and run in it (the base's compute dtype, never fp8); the
+    adapter's own layers are float32. weight_of reads the base's weights (see plain_copy)."""
+
+    def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module,
+                 dtype: torch.dtype = torch.float32, weight_of: WeightOf = stored_tensor):  # fmt: skip
         super().__init__()
         self.cfg = cfg
-        self.patch_branch = PatchBranch(cfg, base_blocks, patch_embedding)
-        self.global_branch = GlobalBranch(cfg, base_blocks, patch_embedding)
+        self.patch_branch = PatchBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
+        self.global_branch = GlobalBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
         self.gca = nn.ModuleList(GlobalCrossAttention(cfg.base_dim, cfg.base_heads) for _ in range(cfg.base_layers))
         self.micro = MicroConditions(cfg)
         self.lora = nn.ModuleDict()

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter
+from .adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, WeightOf, stored_tensor
 
 META_KEY = "patchvsr"
 
@@ -82,12 +82,14 @@ def check_tensors(adapter: PatchVSRAdapter, tensors: dict[str, torch.Tensor], na
         raise ValueError(f"adapter '{name}' holds NaN or infinite weights in {bad[:3]}: the training diverged.")
 
 
-def load_adapter(path: Path, base_blocks, patch_embedding, dims: tuple[int, int, int, int]) -> PatchVSRAdapter:
-    """Reads, checks against the base (dim, layers, heads, channels) and builds the adapter."""
+def load_adapter(path: Path, base_blocks, patch_embedding, dims: tuple[int, int, int, int],
+                 dtype: torch.dtype = torch.float32, weight_of: WeightOf = stored_tensor) -> PatchVSRAdapter:  # fmt: skip
+    """Reads, checks against the base (dim, layers, heads, channels) and builds the adapter, its copied
+    blocks in `dtype` (see PatchVSRAdapter)."""
     name = Path(path).name
     cfg, tensors = read_adapter(path)
     check_base(cfg, *dims, name)
-    adapter = PatchVSRAdapter(cfg, base_blocks, patch_embedding)
+    adapter = PatchVSRAdapter(cfg, base_blocks, patch_embedding, dtype, weight_of)
     check_tensors(adapter, tensors, name)
     adapter.load_file_state_dict(tensors)
     return adapter

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..models.adapter import AdapterConfig
 from ..models.adapter_file import load_adapter
-from .host import model_family
+from .host import compute_dtype, model_family, real_weight
 from .sockets import CATEGORY, AdapterType
 
 FOLDER = "patchvsr"
@@ -51,7 +51,10 @@ def load(model, adapter_name: str) -> LoadedAdapter:
             f"adapter_name: '{adapter_name}' is not in the models/{FOLDER} folder. Put the file there and refresh."
         )
     dm = model.model.diffusion_model
-    adapter = load_adapter(path, dm.blocks, dm.patch_embedding, base_dims(model)).eval()
+    # The branches copy the base's blocks as plain compute-dtype layers, whatever format the model was
+    # loaded in (fp8 weights, scaled fp8, quantized tensors).
+    dtype = compute_dtype(model)
+    adapter = load_adapter(path, dm.blocks, dm.patch_embedding, base_dims(model), dtype, real_weight).eval()
     adapter.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(
         adapter, load_device=model.load_device, offload_device=comfy.model_management.unet_offload_device()

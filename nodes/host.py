@@ -50,6 +50,23 @@ def model_family(model) -> Family:
     return FAMILIES[channels]
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the host runs the DiT in: its manual-cast dtype when the weights are stored in another
+    (fp8, or a dtype the device cannot compute in), else the weights' own."""
+    return model.model.manual_cast_dtype or model.model.get_dtype()
+
+
+def real_weight(layer: torch.nn.Module, name: str) -> torch.Tensor:
+    """A layer's parameter as real numbers. Layers that store weights scaled (legacy scaled fp8) or as
+    quantized tensors (ComfyUI 0.33) carry `convert_weight`, the hook the host's own LoRA patching uses
+    to read them; other layers store plain tensors."""
+    tensor = getattr(layer, name)
+    convert = getattr(layer, "convert_weight", None)
+    if name == "weight" and convert is not None:
+        return convert(tensor.detach(), inplace=False)
+    return tensor
+
+
 def check_vae(vae, family: Family, name: str = "vae") -> None:
     """Raises unless `vae` encodes to the latent space of `family`."""
     channels = getattr(vae, "latent_channels", None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import replace
 
@@ -11,22 +10,23 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..models.adapter import plain_copy
 from ..models.train import TrainConfig, train
 from .adapter import FOLDER, register_folder
-from .host import Progress, check_vae, model_family
+from .host import Progress, check_vae, model_family, real_weight
 from .sockets import CATEGORY
 
 
 def host_functions(model, vae, clip=None):
-    """(frozen DiT copy, encode, text) for the trainer from ComfyUI objects. The DiT is deep-copied so
+    """(frozen DiT copy, encode, text) for the trainer from ComfyUI objects. The DiT is copied so
     the LoRA hooks and training never touch the artist's model."""
     family = model_family(model)
     check_vae(vae, family)
     with torch.inference_mode(False):
         # ComfyUI loads weights under inference_mode; autograd refuses such tensors, so the copy gets
-        # ordinary float32 clones of them.
-        dm = copy.deepcopy(model.model.diffusion_model)
-        dm.load_state_dict({k: v.detach().clone().float() for k, v in dm.state_dict().items()}, assign=True)
+        # ordinary float32 tensors, read as real numbers whatever the model's format (fp8, scaled fp8,
+        # quantized), in stock layers (a deep copy would keep fp8 storage and the host's scaling ops).
+        dm = plain_copy(model.model.diffusion_model, torch.float32, real_weight)
     latent_format = model.get_model_object("latent_format")
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:

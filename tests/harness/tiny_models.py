@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the recipe changes, so cached files are rebuilt.
-RECIPE_VERSION = 6
+RECIPE_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,14 @@ DIT_I2V = TinyWan("patchvsr-tiny-wan21-i2v", in_dim=36, model_type="i2v", seed=2
 # Wan 2.2 TI2V-5B's layout: 48 latent channels in and out (ComfyUI detects it as WAN22 by out_dim 48).
 DIT_22 = TinyWan("patchvsr-tiny-wan22-ti2v5b", in_dim=48, seed=4)
 VAE = TinyVae("patchvsr-tiny-wan21-vae")
+# The weight formats artists load, each a copy of DIT's weights (same seed) saved the way that format is
+# shipped; the tests compare each one's output with DIT's float32 output.
+FORMATS = ("fp16", "bf16", "fp8_e4m3fn", "fp8_scaled")
 LORA_NAME = "patchvsr-tiny-wan21-lora"  # rank 4 on every block's self-attention q and o, in ComfyUI's key naming
+# In the layout of the step-distillation LoRAs artists use for few-step sampling (lightx2v's Wan 2.1
+# distill LoRAs): low-rank pairs on every linear of every block, full bias offsets (`diff_b`) and full
+# offsets of the q/k RMSNorm weights (`diff`).
+DISTILL_LORA_NAME = "patchvsr-tiny-wan21-distill-lora"
 
 
 # PatchVSR adapters for the tiny DiT with small random outputs (as if trained), and one made for a 3-block
@@ -78,13 +85,68 @@ def tiny_lora(dim: int, layers: int, rank: int = 4, seed: int = 3) -> dict:
     return sd
 
 
+def format_name(fmt: str) -> str:
+    return f"{DIT.name}-{fmt}"
+
+
+def in_format(sd: dict, fmt: str) -> dict:
+    """DIT's float32 state dict as a checkpoint of format `fmt`.
+
+    fp8_e4m3fn: every linear weight in fp8 and the rest (norms, biases, modulation, the patch embedding) in
+    fp16, as the repackaged Wan fp8 files hold them. fp8_scaled: ComfyUI's legacy scaled-fp8 format, which
+    both hosts recognise by its `scaled_fp8` marker key (the pinned host loads it with scaled-fp8 ops, 0.33
+    converts it to its quantized tensors in comfy/utils.py convert_old_quants): each linear weight divided
+    by a per-tensor `scale_weight` (absmax / 448, the e4m3fn maximum) before the cast to fp8."""
+    import torch
+
+    if fmt in ("fp16", "bf16"):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[fmt]
+        return {k: v.to(dtype) for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if not (k.endswith(".weight") and v.ndim == 2):
+            out[k] = v.to(torch.float16)
+        elif fmt == "fp8_e4m3fn":
+            out[k] = v.to(torch.float8_e4m3fn)
+        else:
+            scale = v.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max
+            out[k] = (v / scale).to(torch.float8_e4m3fn)
+            out[k.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
+    if fmt == "fp8_scaled":
+        # Empty, as ComfyUI itself writes the marker (model_base.state_dict_for_saving); its dtype is the
+        # weights' fp8 dtype.
+        out["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+    return out
+
+
+def tiny_distill_lora(dim: int, ffn_dim: int, layers: int, rank: int = 4, seed: int = 5) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    linears = {f"{a}.{p}": (dim, dim) for a in ("self_attn", "cross_attn") for p in "qkvo"}
+    linears |= {"ffn.0": (dim, ffn_dim), "ffn.2": (ffn_dim, dim)}  # name -> (in, out)
+    sd = {}
+    for i in range(layers):
+        key = f"diffusion_model.blocks.{i}"
+        for name, (d_in, d_out) in linears.items():
+            sd[f"{key}.{name}.lora_down.weight"] = torch.randn(rank, d_in, generator=gen) / d_in**0.5
+            sd[f"{key}.{name}.lora_up.weight"] = torch.randn(d_out, rank, generator=gen) * 0.5
+            sd[f"{key}.{name}.alpha"] = torch.tensor(float(rank))
+            sd[f"{key}.{name}.diff_b"] = torch.randn(d_out, generator=gen) * 0.05
+        for name in ("self_attn.norm_q", "self_attn.norm_k", "cross_attn.norm_q", "cross_attn.norm_k"):
+            sd[f"{key}.{name}.diff"] = torch.randn(dim, generator=gen) * 0.05
+    return {k: v.to(torch.bfloat16) for k, v in sd.items()}  # shipped in bf16
+
+
 def files(out_dir: Path) -> dict[str, Path]:
     return {
         "dit": out_dir / "diffusion_models" / f"{DIT.name}.safetensors",
         "dit_i2v": out_dir / "diffusion_models" / f"{DIT_I2V.name}.safetensors",
         "dit_22": out_dir / "diffusion_models" / f"{DIT_22.name}.safetensors",
+        **{f"dit_{f}": out_dir / "diffusion_models" / f"{format_name(f)}.safetensors" for f in FORMATS},
         "vae": out_dir / "vae" / f"{VAE.name}.safetensors",
         "lora": out_dir / "loras" / f"{LORA_NAME}.safetensors",
+        "distill_lora": out_dir / "loras" / f"{DISTILL_LORA_NAME}.safetensors",
         **{f"adapter_{k}": out_dir / "patchvsr" / f"{name}.safetensors" for k, name in ADAPTERS.items()},
     }
 
@@ -151,6 +213,10 @@ def build(out_dir: Path) -> dict[str, Path]:
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(paths[key]), metadata=meta | {k: str(v) for k, v in asdict(cfg).items()})
+        if cfg == DIT:
+            for fmt in FORMATS:
+                fsd = {k: v.contiguous() for k, v in in_format(sd, fmt).items()}
+                save_file(fsd, str(paths[f"dit_{fmt}"]), metadata=meta | {"format": fmt})
     from models.adapter_file import save_adapter
 
     base = wan(DIT)
@@ -159,6 +225,7 @@ def build(out_dir: Path) -> dict[str, Path]:
     save_adapter(tiny_adapter(wan(TinyWan("three", num_layers=3)), 12), paths["adapter_other"], meta)
     paths["lora"].parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_lora(DIT.dim, DIT.num_layers), str(paths["lora"]), metadata=meta)
+    save_file(tiny_distill_lora(DIT.dim, DIT.ffn_dim, DIT.num_layers), str(paths["distill_lora"]), metadata=meta)
     return paths
 
 

@@ -9,7 +9,7 @@ from harness.inprocess import tiny_wan
 from safetensors.torch import load_file, save_file
 
 from models import adapter_runtime as rt
-from models.adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, equal_intervals
+from models.adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, equal_intervals, plain_copy
 from models.adapter_file import load_adapter, read_adapter, save_adapter
 
 DIMS = (128, 3, 1, 16)  # dim, layers, heads, channels of the tiny base
@@ -152,3 +152,46 @@ def test_loader_rejects_bad_files_with_what_differs(dm, tmp_path, damage, messag
         rewrite(path, t | {"micro.out.bias": torch.full_like(t["micro.out.bias"], float("nan"))})
     with pytest.raises(ValueError, match=re.escape(message)):
         load_adapter(path, dm.blocks, dm.patch_embedding, dims)
+
+
+class ScaledFp8Linear(torch.nn.Module):
+    """A stand-in for a host's scaled-fp8 linear: fp8 storage, a per-tensor scale applied in forward, and not
+    an nn.Linear (as ComfyUI 0.33's quantized linear is not)."""
+
+    def __init__(self, lin: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+        scale = lin.weight.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+        self.weight = torch.nn.Parameter((lin.weight / scale).to(torch.float8_e4m3fn), requires_grad=False)
+        self.scale_weight = torch.nn.Parameter(scale, requires_grad=False)
+        self.bias = lin.bias
+
+    def real(self) -> torch.Tensor:
+        return self.weight.float() * self.scale_weight
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.real().to(x), self.bias.to(x))
+
+
+@torch.no_grad()
+def test_plain_copy_of_a_scaled_fp8_block_is_stock_layers_in_the_compute_dtype(dm):
+    import copy
+
+    block = copy.deepcopy(dm.blocks[0])
+    for name, lin in [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]:
+        parent, _, leaf = name.rpartition(".")
+        setattr(block.get_submodule(parent), leaf, ScaledFp8Linear(lin))
+
+    def weight_of(layer, name):
+        return layer.real() if name == "weight" and isinstance(layer, ScaledFp8Linear) else getattr(layer, name)
+
+    plain = plain_copy(block, torch.float32, weight_of)
+    assert not any(isinstance(m, ScaledFp8Linear) for m in plain.modules())
+    assert {v.dtype for v in plain.state_dict().values()} == {torch.float32}, "fp8 storage was copied"
+    assert plain.state_dict().keys() == plain_copy(dm.blocks[0], torch.float32).state_dict().keys()
+    x, e = torch.randn(1, 24, 128), torch.randn(1, 6, 128)
+    freqs = dm.rope_encode(1, 8, 12, device="cpu", dtype=torch.float32)
+    ctx = torch.randn(1, 4, 128)
+    want = block(x, e=e, freqs=freqs, context=ctx, context_img_len=None)
+    assert torch.allclose(plain(x, e=e, freqs=freqs, context=ctx, context_img_len=None), want, atol=1e-5)
+    assert isinstance(block.self_attn.q, ScaledFp8Linear), "the source block was changed"
