@@ -121,7 +121,9 @@ def test_lora_is_applied_through_patches_and_never_leaks(server, object_info):
     plain = run("None")
     with_lora = run(f"{LORA_NAME}.safetensors")
     zero = run(f"{LORA_NAME}.safetensors", 0.0)
-    again = run("None")
+    # Another strength (ignored without a LoRA) so the server runs the sampler again instead of answering
+    # from its cache: a LoRA that leaked into the loader's model would show here.
+    again = run("None", 0.5)
     assert (with_lora - plain).abs().max() > 1e-3, "the LoRA changed nothing"
     assert (zero - plain).abs().max() == 0, "strength 0 must be the base model"
     assert (again - plain).abs().max() == 0, "the LoRA leaked into the input model"
