@@ -104,8 +104,9 @@ class LatentStats(io.ComfyNode):
 class BlockProbe(io.ComfyNode):
     """Stands in for another extension that patches the model: a clone with a block replacement on block 0
     (what SkipLayerGuidance-like and attention-patching nodes install) that scales the block's output and
-    raises unless the rows of every cond/uncond chunk carry that chunk's own text, which is how guidance
-    extensions split ComfyUI's batch (transformer_options["cond_or_uncond"])."""
+    raises unless the rows of every cond/uncond chunk carry that chunk's own text and every chunk holds the
+    patches in the same order, which is how guidance extensions split ComfyUI's batch
+    (transformer_options["cond_or_uncond"])."""
 
     @classmethod
     def define_schema(cls):
@@ -123,10 +124,14 @@ class BlockProbe(io.ComfyNode):
     @classmethod
     def execute(cls, model, scale) -> io.NodeOutput:
         def probe(args, extra):
-            chunks = args["txt"].chunk(len(args["transformer_options"]["cond_or_uncond"]))
-            for i, chunk in enumerate(chunks):
+            n = len(args["transformer_options"]["cond_or_uncond"])
+            for i, chunk in enumerate(args["txt"].chunk(n)):
                 if not all(torch.equal(chunk[0], row) for row in chunk):
                     raise RuntimeError(f"batch order: chunk {i} of the DiT batch mixes cond and uncond rows")
+            # Cond and uncond see the same latent, so row r of every chunk must hold the same patch.
+            imgs = args["img"].chunk(n)
+            if not all(torch.equal(imgs[0], other) for other in imgs[1:]):
+                raise RuntimeError("batch order: the chunks' latent rows are not in the same patch order")
             out = extra["original_block"](args)
             return {**out, "img": out["img"] * scale}
 
