@@ -12,7 +12,8 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,11 +37,69 @@ EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 TextFn = Callable[[str], torch.Tensor]
 
 
+# Files inside a run folder are safetensors but never named .safetensors: the loader lists models/patchvsr
+# recursively, and a checkpoint or a latent cache must not be offered as an adapter.
+LATENT_SUFFIX = ".latent"  # ComfyUI's own suffix for a safetensors latent
+CKPT_SUFFIX = ".ckpt"
+# TrainConfig fields that do not change the weights a step produces: a run may be resumed with other
+# values (train longer, checkpoint more often). Every other field must match the checkpoint's.
+RESUMABLE_FIELDS = {"steps", "val_every", "ckpt_every", "out", "work"}
+START_OVER = "allow overwrite (the node's overwrite input, --overwrite or --restart on the command line)"
+MAX_NAME = 100  # characters; leaves room for the suffixes within any file system's 255
+_NAME_CHARS = re.compile(r"[\w.\- ]+")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def check_name(name: str, what: str = "adapter_name") -> str:
+    """The adapter's name without .safetensors, or a ValueError saying what is wrong with it. The name
+    becomes a file and a folder in models/patchvsr, so it must stay a single, portable file name."""
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    fix = "Use letters, digits, '_', '-', '.' and spaces, e.g. 'my_adapter'."
+    if not stem.strip():
+        raise ValueError(f"{what}: the name is empty. {fix}")
+    if any(c in stem for c in "/\\:") or stem in (".", ".."):
+        raise ValueError(
+            f"{what}: '{name}' is a path, not a file name. Give only a name; the file goes in models/patchvsr."
+        )
+    if len(stem) > MAX_NAME:
+        raise ValueError(f"{what}: '{stem[:20]}...' is {len(stem)} characters long; the limit is {MAX_NAME}.")
+    if not _NAME_CHARS.fullmatch(stem):
+        bad = sorted({c for c in stem if not _NAME_CHARS.fullmatch(c)})
+        raise ValueError(f"{what}: '{name}' contains {' '.join(repr(c) for c in bad)}. {fix}")
+    if stem[0] in ".- " or stem[-1] in ". " or stem.split(".")[0].lower() in _RESERVED:
+        raise ValueError(
+            f"{what}: '{name}' starts with '.', '-' or a space, ends with '.' or a space, or is a reserved "
+            f"device name (CON, NUL, ...). {fix}"
+        )
+    return stem
+
+
+def run_folder(out: Path) -> Path:
+    """Latents and checkpoints of the run that writes `out`: beside it, so a host restart (ComfyUI empties
+    its temp folder at start-up) or a new machine with the same models folder finds them."""
+    return Path(out).with_suffix(CKPT_SUFFIX)
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    # A crash or a full disk mid-write leaves a .tmp file, never a truncated file under the real name
+    # (a truncated latest checkpoint would make every later resume fail).
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _short_reason(e: Exception) -> str:
+    """ffmpeg's error is a 3 KB banner; its last line says what is wrong."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    last = re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]) if lines else type(e).__name__
+    return last if len(last) <= 120 else last[:117] + "..."
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str  # folder of HR videos / images (sidecar .txt captions)
     out: str  # the final adapter .safetensors
-    work: str  # latent cache and checkpoints
+    work: str  # latent cache and checkpoints (run_folder(out) from the node and by default from the CLI)
     steps: int = 2000
     lr: float = 1e-5  # paper: AdamW 1e-5
     weight_decay: float = 0.0
@@ -73,12 +132,14 @@ class Sample:
 
 
 def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip=None) -> list[Path]:
-    """Encodes every clip's HR, LR variants and global view once; later runs reuse the files."""
+    """Encodes every clip's HR, LR variants and global view once; later runs reuse the files. A clip that
+    cannot be read is skipped with one line; only a folder with no readable clip fails."""
     cache = Path(cfg.work) / "latents"
     cache.mkdir(parents=True, exist_ok=True)
     gen = random.Random(cfg.seed)
-    paths = []
+    paths, skipped = [], []
     for i, clip in enumerate(clips):
+        # Drawn before the clip is read so one unreadable clip does not change the others' LR scales.
         scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
         # A stable digest (not hash(), which changes per process) so a restarted run finds its cache.
         # Everything the cached tensors depend on: a changed --scale must not reuse LR made at the old one.
@@ -87,20 +148,33 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
             f"|{cfg.scale}|{cfg.variants}"
         )
         key = f"{clip.path.stem}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
-        for v, s in enumerate(scales):
-            path = cache / f"{key}-v{v}.safetensors"
-            if not path.exists():
+        variants = [cache / f"{key}-v{v}{LATENT_SUFFIX}" for v in range(len(scales))]
+        if not all(p.exists() for p in variants):
+            try:
                 hr = read_clip(clip, cfg.max_frames)
-                lr = degrade(hr, s)
-                tensors = {"hr": encode(hr), "lr": encode(lr), "glob": encode(resize_frames(lr, cfg.crop_px))}
-                save_file(
-                    {k: t.float().contiguous().cpu() for k, t in tensors.items()},
-                    str(path),
-                    metadata={"scale": str(s), "caption": clip.caption},
-                )
-            paths.append(path)
+            except (OSError, RuntimeError, ValueError) as e:  # ffmpeg/PIL failures, no frames
+                log.warning("skipped '%s': %s", clip.path.name, _short_reason(e))
+                skipped.append(clip)
+                if on_clip:
+                    on_clip(i + 1, len(clips))
+                continue
+            for path, s in zip(variants, scales):
+                if not path.exists():
+                    lr = degrade(hr, s)
+                    tensors = {"hr": encode(hr), "lr": encode(lr), "glob": encode(resize_frames(lr, cfg.crop_px))}
+                    tensors = {k: t.float().contiguous().cpu() for k, t in tensors.items()}
+                    _save_atomic(tensors, path, {"scale": str(s), "caption": clip.caption})
+        paths += variants
         if on_clip:
             on_clip(i + 1, len(clips))
+    if skipped and len(skipped) == len(clips):
+        raise ValueError(
+            f"data: none of the {len(clips)} clips in '{cfg.data}' could be read (see the lines above). "
+            "Give a folder of videos ffmpeg can decode, or images."
+        )
+    if skipped:
+        log.warning("skipped %d of %d clips that could not be read; training on %d", len(skipped), len(clips),
+                    len(clips) - len(skipped))  # fmt: skip
     return paths
 
 
@@ -113,12 +187,85 @@ def load_sample(path: Path) -> Sample:
     return Sample(t["hr"], t["lr"], t["glob"], float(meta["scale"]), meta.get("caption", ""))
 
 
+def run_identity(cfg: TrainConfig, dm, clips: Sequence[str] = ()) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: every setting that changes the weights, the data folder
+    and its clips, and the base model (its dims and a fingerprint of its weights)."""
+    ident = {k: json.dumps(v) for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+    ident["data"] = json.dumps(str(Path(cfg.data).resolve()))
+    # The patch embedding and a slice of every block: a fine-tune or another format of the base changes
+    # them, and hashing a slice keeps this cheap on a 14B model.
+    parts = [dm.patch_embedding.weight.flatten()] + [next(b.parameters()).flatten()[:256] for b in dm.blocks]
+    digest = hashlib.sha1()
+    for t in parts:
+        digest.update(t.detach().float().cpu().numpy().tobytes())
+    ident["model"] = (
+        f"dim {dm.dim}, {dm.num_layers} layers, {dm.num_heads} heads, {dm.in_dim} channels, "
+        f"weights {digest.hexdigest()[:12]}"
+    )
+    names = sorted(clips)
+    ident["clips"] = f"{len(names)} clips, names {hashlib.sha1(json.dumps(names).encode()).hexdigest()[:12]}"
+    return ident
+
+
+def identity_diff(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    """'field now (checkpoint: then)' for every field that differs."""
+    return [
+        f"{k} {now.get(k, 'absent')} (checkpoint: {saved.get(k, 'absent')})"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
+
+
+def checkpoints(work: Path) -> list[Path]:
+    return sorted((Path(work) / "checkpoints").glob(f"step_*{CKPT_SUFFIX}"))
+
+
+def checkpoint_identity(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("identity", "{}"))
+
+
+def mismatch_message(path: Path, diff: list[str]) -> str:
+    return (
+        f"checkpoint '{path.name}' in '{path.parent.parent}' is from a run with other settings: {'; '.join(diff)}. "
+        f"Run with the checkpoint's settings to resume it, choose another adapter name, or {START_OVER} to "
+        "start over (its checkpoints are deleted)."
+    )
+
+
+def prepare_run(cfg: TrainConfig, identity: dict[str, str], overwrite: bool = False, restart: bool = False) -> None:
+    """Before any caching or training: refuse to replace a finished adapter unless asked, and check the
+    run folder's latest checkpoint against this run (resume it, start over, or say what differs)."""
+    out = Path(cfg.out)
+    if out.exists() and not overwrite:
+        raise ValueError(
+            f"adapter '{out.name}' already exists in '{out.parent}'. Choose another adapter name, or allow "
+            "overwrite (the node's overwrite input, --overwrite on the command line) to replace it."
+        )
+    found = checkpoints(Path(cfg.work))
+    if not found:
+        return
+    diff = identity_diff(checkpoint_identity(found[-1]), identity)
+    if diff and not (overwrite or restart):
+        raise ValueError(mismatch_message(found[-1], diff))
+    if diff or restart:
+        why = "asked to restart" if restart else f"other settings: {'; '.join(diff)}"
+        log.warning("starting over: deleting %d checkpoints in '%s' (%s)", len(found), cfg.work, why)
+        for p in found:
+            p.unlink()
+
+
 class Trainer:
     """Holds the base DiT (frozen), the adapter (trainable), the optimiser and the RNG; `run()` trains
     to cfg.steps, resuming from the latest checkpoint in cfg.work if there is one."""
 
-    def __init__(self, cfg: TrainConfig, dm, text: TextFn, device="cpu", adapter_cfg: AdapterConfig | None = None):
+    def __init__(self, cfg: TrainConfig, dm, text: TextFn, device="cpu", adapter_cfg: AdapterConfig | None = None,
+                 clips: Sequence[str] = ()):  # fmt: skip
         self.cfg, self.dm, self.text, self.device = cfg, dm, text, torch.device(device)
+        self.identity = run_identity(cfg, dm, clips)
         dm.requires_grad_(False)
         self.adapter_cfg = adapter_cfg or AdapterConfig.for_base(
             dm.dim, dm.num_layers, dm.num_heads, dm.in_dim, patch_k=cfg.patch_blocks or None,
@@ -138,6 +285,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        self.saved_step = -1  # the step of the last checkpoint written or loaded
         self.history: list[dict] = []
         self.amp = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
@@ -196,10 +344,12 @@ class Trainer:
             "step": str(self.step),
             "history": json.dumps(self.history),
             "config": json.dumps(asdict(self.cfg), default=str),
+            "identity": json.dumps(self.identity),
         }
-        path = self._ckpt_dir() / f"step_{self.step:07d}.safetensors"
+        path = self._ckpt_dir() / f"step_{self.step:07d}{CKPT_SUFFIX}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        _save_atomic(tensors, path, meta)
+        self.saved_step = self.step
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -207,17 +357,22 @@ class Trainer:
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
+        # Checked before any tensor is loaded: another rank would otherwise fail as a raw size mismatch,
+        # another data folder or seed would silently continue the wrong run.
+        diff = identity_diff(json.loads(meta.get("identity", "{}")), self.identity)
+        if diff:
+            raise ValueError(mismatch_message(Path(path), diff))
         t = load_file(str(path))
         self.adapter.load_state_dict({k[len("adapter.") :]: v for k, v in t.items() if k.startswith("adapter.")})
         for name, p in self.adapter.named_parameters():
             if f"opt.{name}.exp_avg" in t:
                 self.opt.state[p] = {k: t[f"opt.{name}.{k}"].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
         self.gen.set_state(t["rng"])
-        self.step = int(meta["step"])
+        self.step = self.saved_step = int(meta["step"])
         self.history = json.loads(meta["history"])
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self._ckpt_dir().glob("step_*.safetensors"))
+        found = checkpoints(Path(self.cfg.work))
         return found[-1] if found else None
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -238,7 +393,14 @@ class Trainer:
             self.history.append({"step": 0, "val": self.validation_loss(val)})
         while self.step < self.cfg.steps:
             if check:
-                check()
+                try:
+                    check()
+                except BaseException:
+                    # A cancel arrives here, between steps, where the state is whole: keep the work done
+                    # since the last checkpoint so the next run resumes from this step, bit-exactly.
+                    if self.step > max(self.saved_step, 0):
+                        log.info("interrupted: checkpoint %s", self.save_checkpoint().name)
+                    raise
             sample = train[int(torch.randint(0, len(train), (), generator=self.gen))]
             loss = self.loss(sample, self.gen)
             self.opt.zero_grad(set_to_none=True)
@@ -278,16 +440,35 @@ def split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path]
 
 
 def train(
-    cfg: TrainConfig, dm, encode: EncodeFn, text: TextFn, device="cpu", on_step=None, check=None, on_clip=None
+    cfg: TrainConfig,
+    dm,
+    encode: EncodeFn,
+    text: TextFn,
+    device="cpu",
+    on_step=None,
+    check=None,
+    on_clip=None,
+    overwrite: bool = False,
+    restart: bool = False,
 ) -> tuple[Path, list[dict]]:
-    """The whole job: find clips, cache latents, split, train (resuming if possible), export."""
-    paths = cache_latents(cfg, find_clips(Path(cfg.data)), encode, on_clip)
+    """The whole job: find clips, check the run folder (prepare_run), cache latents, split, train (resuming
+    if possible), export. overwrite: an existing adapter may be replaced and a checkpoint with other
+    settings is deleted; restart: every checkpoint is deleted."""
+    # 1. Everything that can refuse the run, before the hours of caching and training
+    data = Path(cfg.data)
+    clips = find_clips(data)
+    names = [c.path.relative_to(data).as_posix() for c in clips]
+    prepare_run(cfg, run_identity(cfg, dm, names), overwrite, restart)
+    # 2. Latents (unreadable clips skipped), split
+    paths = cache_latents(cfg, clips, encode, on_clip)
     train_paths, val_paths = split(paths, cfg.val_fraction, cfg.seed)
-    trainer = Trainer(cfg, dm, text, device)
+    # 3. Train, resuming from the run folder's latest checkpoint
+    trainer = Trainer(cfg, dm, text, device, clips=names)
     try:
         history = trainer.run(
             [load_sample(p) for p in train_paths], [load_sample(p) for p in val_paths], on_step, check
         )
+        # 4. The adapter, written under a temporary name and renamed (save_adapter)
         return trainer.export(), history
     finally:
         trainer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import comfy.model_management
 import folder_paths
@@ -11,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models.adapter import plain_copy
-from ..models.train import TrainConfig, train
+from ..models.train import TrainConfig, check_name, run_folder, train
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight
 from .sockets import CATEGORY
@@ -42,7 +43,7 @@ def host_functions(model, vae, clip=None):
     return dm, family, encode, text
 
 
-def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None):
+def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, overwrite=False, restart=False):
     dm, family, encode, text = host_functions(model, vae, clip)
     device = comfy.model_management.get_torch_device()
     dm.to(device)
@@ -55,7 +56,7 @@ def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None):
     check = progress.check if progress is not None else None
     # ComfyUI runs nodes under inference_mode; training needs autograd back on.
     with torch.inference_mode(False), torch.enable_grad():
-        return train(cfg, dm, encode, text, device, on_step=on_step, check=check)
+        return train(cfg, dm, encode, text, device, on_step, check, overwrite=overwrite, restart=restart)
 
 
 class AdapterTrainer(io.ComfyNode):
@@ -66,7 +67,8 @@ class AdapterTrainer(io.ComfyNode):
             display_name="PatchVSR Adapter Trainer",
             category=CATEGORY,
             description="Trains a PatchVSR adapter on a folder of HR videos (and images) with the connected Wan model frozen "
-            "except LoRA, and saves it to models/patchvsr. Resumes from its last checkpoint when run again.",
+            "except LoRA, and saves it to models/patchvsr. Checkpoints go to models/patchvsr/<name>.ckpt; run again "
+            "with the same settings to resume (also after a cancel or a restart).",
             is_output_node=True,
             inputs=[
                 io.Model.Input(
@@ -81,7 +83,8 @@ class AdapterTrainer(io.ComfyNode):
                 io.String.Input(
                     "adapter_name",
                     default="my_patchvsr_adapter",
-                    tooltip="File name (without .safetensors) in models/patchvsr.",
+                    tooltip="File name (without .safetensors) in models/patchvsr; its checkpoints go to <name>.ckpt "
+                    "beside it. Letters, digits, '_', '-', '.', spaces.",
                 ),
                 io.Int.Input("steps", default=2000, min=1, max=10_000_000, tooltip="Optimiser steps."),
                 io.Float.Input(
@@ -161,6 +164,13 @@ class AdapterTrainer(io.ComfyNode):
                     optional=True,
                     tooltip="Upper end of the patch-condition noise range (at least condition_noise_min).",
                 ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    optional=True,
+                    tooltip="Replace an existing adapter of this name, and start over if its checkpoints were made "
+                    "with other settings. Off: an existing adapter or a differing checkpoint stops the run.",
+                ),
                 io.Clip.Input(
                     "clip",
                     optional=True,
@@ -177,7 +187,7 @@ class AdapterTrainer(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, data_folder, adapter_name, steps, learning_rate, lora_rank, crop_width, crop_height,
                 max_frames, checkpoint_every, seed, scale_min=1.0, scale_max=4.0, condition_noise_min=0.2,
-                condition_noise_max=0.3, clip=None) -> io.NodeOutput:  # fmt: skip
+                condition_noise_max=0.3, overwrite=False, clip=None) -> io.NodeOutput:  # fmt: skip
         family = model_family(model)
         for lo_name, lo, hi_name, hi in (("scale_min", scale_min, "scale_max", scale_max),
                                          ("condition_noise_min", condition_noise_min, "condition_noise_max", condition_noise_max)):  # fmt: skip
@@ -185,17 +195,17 @@ class AdapterTrainer(io.ComfyNode):
                 raise ValueError(f"{lo_name}: {lo} is above {hi_name} {hi}. Set {lo_name} <= {hi_name}.")
         if not data_folder or not os.path.isdir(data_folder):
             raise ValueError(f"data_folder: '{data_folder}' is not a folder. Give the path of a folder of HR videos.")
-        if not adapter_name or any(c in adapter_name for c in "/\\:"):
-            raise ValueError(f"adapter_name: '{adapter_name}' is not a plain file name.")
+        name = check_name(adapter_name, "adapter_name")
         register_folder()
         out_dir = folder_paths.get_folder_paths(FOLDER)[0]
         crop = (crop_height or family.native_hw[0], crop_width or family.native_hw[1])
         cfg = TrainConfig(
-            data=data_folder, out=os.path.join(out_dir, f"{adapter_name}.safetensors"),
-            work=os.path.join(folder_paths.get_temp_directory(), "patchvsr_train", adapter_name),
+            data=data_folder, out=os.path.join(out_dir, f"{name}.safetensors"),
+            # Beside the adapter, not in ComfyUI's temp folder (emptied at start-up: a restart lost the run).
+            work=str(run_folder(Path(out_dir) / f"{name}.safetensors")),
             steps=steps, lr=learning_rate, lora_rank=lora_rank, crop_px=crop, max_frames=max_frames,
             ckpt_every=checkpoint_every, seed=seed, scale=(scale_min, scale_max),
             cond_noise=(condition_noise_min, condition_noise_max),
         )  # fmt: skip
-        path, history = run(model, vae, clip, cfg, Progress(steps))
+        path, history = run(model, vae, clip, cfg, Progress(steps), overwrite=overwrite)
         return io.NodeOutput(os.path.basename(path))

@@ -6,7 +6,10 @@
         --data /path/to/hr_videos --out my_adapter.safetensors --steps 20000
 
 Runs on the GPU when ComfyUI finds one (bf16 autocast where supported), else on the CPU. Latents are cached
-and checkpoints written under --work; running the same command again resumes from the last checkpoint.
+and checkpoints written under --work (default: <out>.ckpt beside the adapter); running the same command
+again resumes from the last checkpoint (Ctrl-C writes one first). A checkpoint made with other settings, or
+an existing --out, stops the run with what differs; --overwrite replaces the adapter and starts over if the
+settings differ, --restart always starts over.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import signal
 import sys
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
+log = logging.getLogger("patchvsr.train_cli")
 
 
 def import_pack(comfyui: Path):
@@ -43,6 +48,33 @@ def import_pack(comfyui: Path):
     return pack
 
 
+class StopBetweenSteps:
+    """Ctrl-C stops the run at the next step boundary, where the trainer writes a checkpoint first (a
+    KeyboardInterrupt mid-step would lose the steps since the last one). A second Ctrl-C stops at once.
+    Used as the trainer's progress: its check() is called before every step."""
+
+    def __enter__(self):
+        self.asked = False
+        self.previous = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _ask(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        log.info("stopping after this step (Ctrl-C again to stop now)")
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+    def set(self, step: int, total: int) -> None:
+        pass
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (holding main.py)")
@@ -51,7 +83,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--text-encoder", type=Path, help="umT5 text encoder for sidecar captions (else null prompt)")
     p.add_argument("--data", type=Path, required=True, help="folder of HR videos / images")
     p.add_argument("--out", type=Path, required=True, help="adapter .safetensors to write")
-    p.add_argument("--work", type=Path, help="cache and checkpoints (default: <out>.work)")
+    p.add_argument("--work", type=Path, help="cache and checkpoints (default: <out>.ckpt beside the adapter)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out; start over if settings differ")
+    p.add_argument("--restart", action="store_true", help="delete the run's checkpoints and start from step 0")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--lora-rank", type=int, default=16)
@@ -80,13 +114,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.out.suffix != ".safetensors":
+        p.error(f"--out: '{args.out}' must end in .safetensors (the loader lists only those).")
     import_pack(args.comfyui)
     import comfy.sd
     import comfy.utils
-    from patchvsr_pack.models.train import TrainConfig
+    from patchvsr_pack.models.train import TrainConfig, check_name, run_folder
     from patchvsr_pack.nodes.host import model_family
     from patchvsr_pack.nodes.train import run
 
+    try:
+        check_name(args.out.name, "--out")
+    except ValueError as e:
+        p.error(str(e))
     model = comfy.sd.load_diffusion_model(str(args.model))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(args.vae)))
     clip = None
@@ -94,13 +134,21 @@ def main(argv: list[str]) -> int:
         clip = comfy.sd.load_clip(ckpt_paths=[str(args.text_encoder)], clip_type=comfy.sd.CLIPType.WAN)
     family = model_family(model)
     cfg = TrainConfig(
-        data=str(args.data), out=str(args.out), work=str(args.work or args.out.with_suffix(".work")),
+        data=str(args.data), out=str(args.out), work=str(args.work or run_folder(args.out)),
         steps=args.steps, lr=args.lr, lora_rank=args.lora_rank, crop_px=tuple(args.crop or family.native_hw),
         max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
         val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed, scale=tuple(args.scale),
         cond_noise=tuple(args.cond_noise),
     )  # fmt: skip
-    path, history = run(model, vae, clip, cfg)
+    try:
+        with StopBetweenSteps() as check:
+            path, history = run(model, vae, clip, cfg, check, overwrite=args.overwrite, restart=args.restart)
+    except ValueError as e:  # a refused run: the message says what differs and what to do
+        log.error("error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return 130
     vals = [h for h in history if "val" in h]
     for h in vals:
         print(f"step {h['step']:>7}  validation loss {h['val']:.5f}")

@@ -175,6 +175,7 @@ def train_adapter(models_dir: Path, base: Path, train_dir: Path, work: Path, cfg
         "--work", str(work / f"train-{cfg.key()}"), "--steps", str(cfg.adapter_steps), "--lr", str(cfg.adapter_lr),
         "--lora-rank", "8", "--crop", str(cfg.crop[0]), str(cfg.crop[1]), "--max-frames", str(cfg.frames),
         "--scale", "2", "2", "--cond-noise", *map(str, cfg.cond_noise), "--val-every", "250", "--ckpt-every", "500", "--seed", str(cfg.seed),
+        "--overwrite",  # a rerun replaces the adapter (a matching checkpoint is resumed)
     ]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
