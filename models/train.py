@@ -192,9 +192,9 @@ def run_identity(cfg: TrainConfig, dm, clips: Sequence[str] = ()) -> dict[str, s
     and its clips, and the base model (its dims and a fingerprint of its weights)."""
     ident = {k: json.dumps(v) for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
     ident["data"] = json.dumps(str(Path(cfg.data).resolve()))
-    # The patch embedding and a slice of every block: a fine-tune or another format of the base changes
-    # them, and hashing a slice keeps this cheap on a 14B model.
-    parts = [dm.patch_embedding.weight.flatten()] + [next(b.parameters()).flatten()[:256] for b in dm.blocks]
+    # The patch embedding and a slice of every block weight: a fine-tune or another format of the base
+    # changes them, and hashing slices keeps this cheap on a 14B model.
+    parts = [dm.patch_embedding.weight.flatten()] + [p.flatten()[:64] for b in dm.blocks for p in b.parameters()]
     digest = hashlib.sha1()
     for t in parts:
         digest.update(t.detach().float().cpu().numpy().tobytes())

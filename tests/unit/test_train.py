@@ -1,5 +1,9 @@
-"""The trainer on tiny real-architecture models: it learns, and it resumes bit-exactly."""
+"""The trainer on tiny real-architecture models: it learns, it resumes bit-exactly, and a run survives
+restarts, cancels, other settings, existing files, bad names and unreadable clips."""
 
+import logging
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,7 +12,20 @@ from harness.inprocess import import_comfy, tiny_wan
 from harness.runs import make_clip
 
 from models.adapter_file import load_adapter
-from models.train import TrainConfig, Trainer, cache_latents, find_clips, load_sample, split, train
+from models.train import (
+    TrainConfig,
+    Trainer,
+    cache_latents,
+    check_name,
+    checkpoints,
+    find_clips,
+    load_sample,
+    prepare_run,
+    run_folder,
+    run_identity,
+    split,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +74,35 @@ def test_captions_come_from_sidecar_files(data):
     assert [c.caption for c in clips][:2] == ["moving colour bands", ""]
 
 
-def test_resume_is_bit_exact(host, data, tmp_path):
-    def run(work: Path, steps: int):
+@pytest.mark.parametrize("stop", ["fewer steps", "cancel"])
+def test_resume_is_bit_exact(host, data, tmp_path, stop):
+    class Cancel(Exception):  # what ComfyUI's cancel raises from the progress check
+        pass
+
+    def run(work: Path, steps: int, cancel_at: int | None = None):
         cfg = config(data, work, steps=steps, ckpt_every=3, val_every=100)
         paths = cache_latents(cfg, find_clips(data), host)
         tr, va = split(paths, cfg.val_fraction, cfg.seed)
         trainer = Trainer(cfg, tiny_wan(layers=2), text)
+
+        def check():
+            if trainer.step == cancel_at:
+                raise Cancel
+
         try:
-            trainer.run([load_sample(p) for p in tr], [load_sample(p) for p in va])
+            trainer.run([load_sample(p) for p in tr], [load_sample(p) for p in va], check=check)
         finally:
             trainer.close()
         return trainer
 
     straight = run(tmp_path / "a", 6)
-    run(tmp_path / "b", 3)
-    resumed = run(tmp_path / "b", 6)  # picks up the step-3 checkpoint
+    if stop == "fewer steps":
+        run(tmp_path / "b", 3)  # leaves the step-3 checkpoint
+    else:
+        with pytest.raises(Cancel):
+            run(tmp_path / "b", 6, cancel_at=4)  # between checkpoints: the cancel itself writes step 4
+        assert [p.name for p in checkpoints(tmp_path / "b")] == ["step_0000003.ckpt", "step_0000004.ckpt"]
+    resumed = run(tmp_path / "b", 6)
     # The interrupted run also logged a validation loss at its last step (3); the losses and the final
     # validation must match an uninterrupted run exactly.
     losses = [[(h["step"], h["loss"]) for h in tr.history if "loss" in h] for tr in (straight, resumed)]
@@ -88,3 +119,180 @@ def test_cache_is_not_reused_for_another_scale_range(host, data, tmp_path):
     narrow = cache_latents(config(data, tmp_path, scale=(2.0, 2.0)), find_clips(data)[:1], host)
     assert not set(wide) & set(narrow), "a new scale range reused latents cached for the old one"
     assert {float(safe_open(str(p), "pt").metadata()["scale"]) for p in narrow} == {2.0}
+
+
+# -- runs that survive (issue 9, item 4) --------------------------------------------------------------------
+
+
+def test_checkpoints_live_beside_the_adapter_which_is_never_overwritten_unless_asked(host, data, tmp_path):
+    out = tmp_path / "models" / "patchvsr" / "mine.safetensors"
+    cfg = config(data, run_folder(out), out=str(out), steps=2, ckpt_every=1, val_every=100)
+    train(cfg, tiny_wan(layers=2), host, text)
+    assert [p.name for p in checkpoints(run_folder(out))] == ["step_0000001.ckpt", "step_0000002.ckpt"]
+    assert run_folder(out) == out.parent / "mine.ckpt"
+    # The loader lists models/patchvsr recursively: only the adapter may look like one.
+    assert list(out.parent.rglob("*.safetensors")) == [out]
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="adapter 'mine.safetensors' already exists in .* allow overwrite"):
+        train(replace(cfg, steps=3), tiny_wan(layers=2), host, text)
+    assert out.read_bytes() == before
+    # Asked: a longer run resumes the matching checkpoint (step 2) and replaces the file.
+    path, history = train(replace(cfg, steps=3), tiny_wan(layers=2), host, text, overwrite=True)
+    assert path == out and out.read_bytes() != before
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
+
+
+def _checkpoint(cfg: TrainConfig, dm, clips) -> Path:
+    """A step-0 checkpoint of `cfg` in cfg.work, without training."""
+    trainer = Trainer(cfg, dm, text, clips=clips)
+    try:
+        return trainer.save_checkpoint()
+    finally:
+        trainer.close()
+
+
+def _other_model():
+    dm = tiny_wan(layers=2)
+    with torch.no_grad():
+        dm.blocks[1].self_attn.q.weight.mul_(1.01)  # a fine-tune: same dims, other weights
+    return dm
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(lora_rank=8), "lora_rank 8 (checkpoint: 4)"),
+        (dict(lr=2e-3), "lr 0.002 (checkpoint: 0.001)"),
+        (dict(seed=1), "seed 1 (checkpoint: 0)"),
+        (dict(scale=(2.0, 2.0)), "scale [2.0, 2.0] (checkpoint: [1.0, 4.0])"),
+        ("data", 'data "{other}" (checkpoint: "{data}")'),
+        ("model", "model dim 128, 2 layers, 1 heads, 16 channels, weights "),
+        ("clips", "clips 3 clips"),
+    ],
+    ids=["lora_rank", "hyper-parameter", "seed", "scale", "data folder", "model", "clips"],
+)
+def test_resume_with_other_settings_says_what_differs(host, data, tmp_path, change, expected):
+    names = [c.path.name for c in find_clips(data)]
+    cfg = config(data, tmp_path)
+    saved = _checkpoint(cfg, tiny_wan(layers=2), names)
+    dm, other = tiny_wan(layers=2), tmp_path / "other_clips"
+    if change == "data":
+        shutil.copytree(data, other)
+        now = replace(cfg, data=str(other))
+    elif change == "model":
+        now, dm = cfg, _other_model()
+    elif change == "clips":
+        now, names = cfg, names[:3]
+    else:
+        now = replace(cfg, **change)
+    with pytest.raises(ValueError) as err:
+        prepare_run(now, run_identity(now, dm, names))
+    msg = str(err.value)
+    print(msg)
+    assert "checkpoint 'step_0000000.ckpt' in" in msg and "is from a run with other settings: " in msg
+    assert expected.format(other=other.resolve(), data=data.resolve()) in msg, msg
+    assert msg.count("(checkpoint: ") == 1, "only the changed field is listed"
+    assert msg.endswith("choose another adapter name, or allow overwrite (the node's overwrite input, "
+                        "--overwrite or --restart on the command line) to start over (its checkpoints are deleted).")  # fmt: skip
+    assert saved.exists()
+    # The same check guards the Trainer itself: another rank is a clear error, not a raw size mismatch.
+    trainer = Trainer(now, dm, text, clips=names)
+    try:
+        with pytest.raises(ValueError, match="is from a run with other settings"):
+            trainer.load_checkpoint(saved)
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "restart"])
+def test_starting_over_deletes_the_checkpoints(data, tmp_path, flag):
+    names = [c.path.name for c in find_clips(data)]
+    cfg, dm = config(data, tmp_path), tiny_wan(layers=2)
+    _checkpoint(cfg, dm, names)
+    now = replace(cfg, lora_rank=8) if flag == "overwrite" else cfg  # restart also drops a matching one
+    prepare_run(now, run_identity(now, dm, names), **{flag: True})
+    assert checkpoints(tmp_path) == []
+
+
+def test_matching_checkpoint_and_longer_run_resume(data, tmp_path):
+    names = [c.path.name for c in find_clips(data)]
+    cfg, dm = config(data, tmp_path), tiny_wan(layers=2)
+    _checkpoint(cfg, dm, names)
+    longer = replace(cfg, steps=99, val_every=7, ckpt_every=5)  # these do not change the weights of a step
+    prepare_run(longer, run_identity(longer, dm, names))
+    assert len(checkpoints(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("", "adapter_name: the name is empty"),
+        ("../evil", "adapter_name: '../evil' is a path, not a file name"),
+        ("sub/dir", "is a path, not a file name"),
+        ("C:name", "is a path, not a file name"),
+        ("..", "is a path, not a file name"),
+        ("x" * 101, "is 101 characters long; the limit is 100"),
+        ("a*b?", "adapter_name: 'a*b?' contains '*' '?'"),
+        (".hidden", "starts with '.'"),
+        ("NUL", "reserved device name"),
+    ],
+)
+def test_names_are_validated(name, expected):
+    with pytest.raises(ValueError) as err:
+        check_name(name)
+    assert expected in str(err.value), str(err.value)
+
+
+def test_good_names_pass():
+    assert check_name("my adapter_v2.1-final") == "my adapter_v2.1-final"
+    assert check_name("mine.safetensors") == "mine"
+    assert check_name("détail") == "détail"
+
+
+def test_unreadable_clips_are_skipped_with_one_line_each(host, data, tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    shutil.copytree(data, folder)
+    (folder / "garbage.mp4").write_bytes(bytes(range(256)) * 12)
+    good = (folder / "clip1.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (folder / "broken.png").write_bytes(b"not a png")
+    cfg = config(folder, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="models.train"):
+        paths = cache_latents(cfg, find_clips(folder), host)
+    lines = [r.getMessage() for r in caplog.records]
+    print("\n".join(lines))
+    skipped = [ln for ln in lines if ln.startswith("skipped '")]
+    assert {ln.split("'")[1] for ln in skipped} == {"garbage.mp4", "truncated.mp4", "broken.png"}
+    assert all(len(ln) < 200 and "ffmpeg version" not in ln for ln in skipped), skipped
+    assert lines[-1] == "skipped 3 of 7 clips that could not be read; training on 4"
+    assert len(paths) == 4 * cfg.variants
+    # Nothing readable: the run fails, saying so.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "garbage.mp4", bad / "a.mp4")
+    shutil.copy(folder / "broken.png", bad / "b.png")
+    with pytest.raises(ValueError, match="data: none of the 2 clips in .* could be read"):
+        cache_latents(config(bad, tmp_path), find_clips(bad), host)
+
+
+@pytest.mark.parametrize("what", ["adapter", "checkpoint"])
+def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
+    import models.adapter_file
+    import models.train
+
+    cfg = config(data, tmp_path)
+    trainer = Trainer(cfg, tiny_wan(layers=2), text)
+    try:
+        target = Path(cfg.out) if what == "adapter" else trainer.save_checkpoint()
+        target.write_bytes(b"the previous file")
+
+        def crash(tensors, filename, metadata=None):
+            Path(filename).write_bytes(b"half a fi")
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(models.adapter_file if what == "adapter" else models.train, "save_file", crash)
+        with pytest.raises(OSError):
+            trainer.export() if what == "adapter" else trainer.save_checkpoint()
+    finally:
+        trainer.close()
+    assert target.read_bytes() == b"the previous file"
