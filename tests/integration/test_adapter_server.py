@@ -2,6 +2,7 @@
 and the command line trainer."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -69,25 +70,76 @@ def _plain_with_save(object_info):
     return prompt
 
 
-def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, tmp_path):
-    data = tmp_path / "clips"
-    for i in range(2):
-        make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
-    prompt = {
+def _trainer_prompt(data, name: str, **inputs) -> dict:
+    return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{DIT.name}.safetensors", "weight_dtype": "default"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": f"{VAE.name}.safetensors"}},
         "3": {"class_type": "PatchVSR_Trainer", "inputs": {
-            "model": ["1", 0], "vae": ["2", 0], "data_folder": str(data), "adapter_name": "trained-by-node", "steps": 3,
+            "model": ["1", 0], "vae": ["2", 0], "data_folder": str(data), "adapter_name": name, "steps": 3,
             "learning_rate": 1e-3, "lora_rank": 4, "crop_width": 64, "crop_height": 48, "max_frames": 5,
-            "checkpoint_every": 2, "seed": 0}},
+            "checkpoint_every": 2, "seed": 0} | inputs},
     }  # fmt: skip
-    result = server.run(prompt)
+
+
+def _remove_run(server, tiny_models, name: str) -> None:
+    """The models folder is shared by test sessions: a run of an earlier session must not be resumed."""
+    for folder in (tiny_models / "patchvsr", server.base_dir / "models" / "patchvsr"):
+        (folder / f"{name}.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(folder / f"{name}.ckpt", ignore_errors=True)
+
+
+def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, tmp_path):
+    data, name = tmp_path / "clips", "trained-by-node"
+    for i in range(2):
+        make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
+    (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)  # skipped with one line, not the run's end
+    _remove_run(server, tiny_models, name)
+    result = server.run(_trainer_prompt(data, name))
     assert result.status == "success", json.dumps(result.error)[:3000]
-    saved = list(tiny_models.glob("patchvsr/trained-by-node.safetensors")) + list(
-        (server.base_dir / "models" / "patchvsr").glob("trained-by-node.safetensors")
+    saved = list(tiny_models.glob(f"patchvsr/{name}.safetensors")) + list(
+        (server.base_dir / "models" / "patchvsr").glob(f"{name}.safetensors")
     )
     assert saved, "the trainer node wrote no adapter"
-    saved[0].unlink()
+    out = saved[0]
+    # Checkpoints beside the adapter, where a restart of ComfyUI (which empties temp/) does not reach.
+    ckpts = out.parent / f"{name}.ckpt" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000002.ckpt", "step_0000003.ckpt"]
+    assert not list(server.base_dir.glob("temp/patchvsr_train")), "checkpoints were written to temp"
+    log = server.log_path.read_text()
+    assert "skipped 'broken.mp4': Error opening input files: Invalid data found when processing input" in log
+    assert "skipped 1 of 3 clips that could not be read; training on 2" in log
+    _remove_run(server, tiny_models, name)
+
+
+def test_trainer_node_never_overwrites_unless_asked_and_resumes_only_the_same_run(server, tiny_models, tmp_path):
+    data, name = tmp_path / "clips", "trained-twice"
+    for i in range(2):
+        make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
+    _remove_run(server, tiny_models, name)
+    assert server.run(_trainer_prompt(data, name)).status == "success"
+    out = next(
+        p
+        for p in (tiny_models / "patchvsr", server.base_dir / "models" / "patchvsr")
+        if (p / f"{name}.safetensors").exists()
+    )
+    before = (out / f"{name}.safetensors").read_bytes()
+    # 1. Train longer under the same name: the finished adapter is not replaced without overwrite ...
+    msg = error_text(server.run(_trainer_prompt(data, name, steps=4)))
+    assert f"adapter '{name}.safetensors' already exists in" in msg and "allow overwrite" in msg, msg
+    assert (out / f"{name}.safetensors").read_bytes() == before
+    # ... and with it, the step-3 checkpoint is resumed (steps may change) and the file replaced.
+    assert server.run(_trainer_prompt(data, name, steps=4, overwrite=True)).status == "success"
+    assert (out / f"{name}.safetensors").read_bytes() != before
+    assert "resumed from step_0000003.ckpt at step 3" in server.log_path.read_text()
+    # 2. Another rank under the same name: what differs, not a raw size mismatch.
+    (out / f"{name}.safetensors").unlink()
+    msg = error_text(server.run(_trainer_prompt(data, name, steps=4, lora_rank=8)))
+    assert "is from a run with other settings: lora_rank 8 (checkpoint: 4)." in msg, msg
+    assert "choose another adapter name, or allow overwrite" in msg, msg
+    # 3. Names that are paths or odd characters.
+    msg = error_text(server.run(_trainer_prompt(data, "../escape")))
+    assert "adapter_name: '../escape' is a path, not a file name" in msg, msg
+    _remove_run(server, tiny_models, name)
 
 
 def test_trainer_node_rejects_an_inverted_range(server, tmp_path):
@@ -108,6 +160,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
     data = tmp_path / "clips"
     make_clip(data / "c0.mp4", width=96, height=64, frames=5)
     make_clip(data / "c1.mp4", width=80, height=64, frames=5)
+    (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)
     out = tmp_path / "cli.safetensors"
     cmd = [
         host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
@@ -115,6 +168,24 @@ def test_command_line_trainer(tiny_models, tmp_path):
         "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
         "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+    def cli(*extra):
+        return subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=600)
+
+    run = cli()
     assert run.returncode == 0, run.stderr[-3000:]
     assert out.exists() and f"wrote {out}" in run.stdout, run.stdout
+    assert "skipped 'broken.mp4': Error opening input files" in run.stderr, run.stderr[-3000:]
+    assert "skipped 1 of 3 clips that could not be read; training on 2" in run.stderr
+    assert (tmp_path / "cli.ckpt" / "checkpoints" / "step_0000002.ckpt").exists()  # beside the adapter
+    before = out.read_bytes()
+    # The same command again: the finished adapter is kept.
+    run = cli()
+    assert run.returncode == 2 and "adapter 'cli.safetensors' already exists" in run.stderr, run.stderr[-3000:]
+    assert out.read_bytes() == before
+    # Another rank: what differs; --restart starts over.
+    out.unlink()
+    run = cli("--lora-rank", "8")
+    assert run.returncode == 2 and "lora_rank 8 (checkpoint: 4)" in run.stderr, run.stderr[-3000:]
+    run = cli("--lora-rank", "8", "--restart")
+    assert run.returncode == 0 and "starting over: deleting 1 checkpoints" in run.stderr, run.stderr[-3000:]
