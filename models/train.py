@@ -41,6 +41,9 @@ TextFn = Callable[[str], torch.Tensor]
 # recursively, and a checkpoint or a latent cache must not be offered as an adapter.
 LATENT_SUFFIX = ".latent"  # ComfyUI's own suffix for a safetensors latent
 CKPT_SUFFIX = ".ckpt"
+# Checkpoints kept per run: the latest, and the one before in case the latest is from a bad moment. A
+# 1.3B checkpoint (weights and AdamW moments) is ~10 GB; keeping every one fills a rented node's disk.
+KEEP_CHECKPOINTS = 2
 # TrainConfig fields that do not change the weights a step produces: a run may be resumed with other
 # values (train longer, checkpoint more often). Every other field must match the checkpoint's.
 RESUMABLE_FIELDS = {"steps", "val_every", "ckpt_every", "out", "work"}
@@ -131,7 +134,7 @@ class Sample:
     caption: str
 
 
-def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip=None) -> list[Path]:
+def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip=None, check=None) -> list[Path]:
     """Encodes every clip's HR, LR variants and global view once; later runs reuse the files. A clip that
     cannot be read is skipped with one line; only a folder with no readable clip fails."""
     cache = Path(cfg.work) / "latents"
@@ -139,6 +142,8 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
     gen = random.Random(cfg.seed)
     paths, skipped = [], []
     for i, clip in enumerate(clips):
+        if check:  # a cancel between clips: the finished ones are on disk (written atomically) and reused
+            check()
         # Drawn before the clip is read so one unreadable clip does not change the others' LR scales.
         scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
         # A stable digest (not hash(), which changes per process) so a restarted run finds its cache.
@@ -350,6 +355,8 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         _save_atomic(tensors, path, meta)
         self.saved_step = self.step
+        for old in checkpoints(Path(self.cfg.work))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -460,7 +467,7 @@ def train(
     names = [c.path.relative_to(data).as_posix() for c in clips]
     prepare_run(cfg, run_identity(cfg, dm, names), overwrite, restart)
     # 2. Latents (unreadable clips skipped), split
-    paths = cache_latents(cfg, clips, encode, on_clip)
+    paths = cache_latents(cfg, clips, encode, on_clip, check)
     train_paths, val_paths = split(paths, cfg.val_fraction, cfg.seed)
     # 3. Train, resuming from the run folder's latest checkpoint
     trainer = Trainer(cfg, dm, text, device, clips=names)

@@ -65,7 +65,7 @@ class StopBetweenSteps:
         if self.asked:
             raise KeyboardInterrupt
         self.asked = True
-        log.info("stopping after this step (Ctrl-C again to stop now)")
+        log.info("stopping after this clip or step, with a checkpoint (Ctrl-C again to stop now)")
 
     def check(self) -> None:
         if self.asked:

@@ -126,20 +126,21 @@ def test_cache_is_not_reused_for_another_scale_range(host, data, tmp_path):
 
 def test_checkpoints_live_beside_the_adapter_which_is_never_overwritten_unless_asked(host, data, tmp_path):
     out = tmp_path / "models" / "patchvsr" / "mine.safetensors"
-    cfg = config(data, run_folder(out), out=str(out), steps=2, ckpt_every=1, val_every=100)
+    cfg = config(data, run_folder(out), out=str(out), steps=3, ckpt_every=1, val_every=100)
     train(cfg, tiny_wan(layers=2), host, text)
-    assert [p.name for p in checkpoints(run_folder(out))] == ["step_0000001.ckpt", "step_0000002.ckpt"]
+    # The last two only (a long run must not fill the disk).
+    assert [p.name for p in checkpoints(run_folder(out))] == ["step_0000002.ckpt", "step_0000003.ckpt"]
     assert run_folder(out) == out.parent / "mine.ckpt"
     # The loader lists models/patchvsr recursively: only the adapter may look like one.
     assert list(out.parent.rglob("*.safetensors")) == [out]
     before = out.read_bytes()
     with pytest.raises(ValueError, match="adapter 'mine.safetensors' already exists in .* allow overwrite"):
-        train(replace(cfg, steps=3), tiny_wan(layers=2), host, text)
+        train(replace(cfg, steps=4), tiny_wan(layers=2), host, text)
     assert out.read_bytes() == before
-    # Asked: a longer run resumes the matching checkpoint (step 2) and replaces the file.
-    path, history = train(replace(cfg, steps=3), tiny_wan(layers=2), host, text, overwrite=True)
+    # Asked: a longer run resumes the matching checkpoint (step 3) and replaces the file.
+    path, history = train(replace(cfg, steps=4), tiny_wan(layers=2), host, text, overwrite=True)
     assert path == out and out.read_bytes() != before
-    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]
 
 
 def _checkpoint(cfg: TrainConfig, dm, clips) -> Path:
