@@ -141,8 +141,8 @@ def main(argv: list[str]) -> int:
         cond_noise=tuple(args.cond_noise),
     )  # fmt: skip
     try:
-        with StopBetweenSteps() as check:
-            path, history = run(model, vae, clip, cfg, check, overwrite=args.overwrite, restart=args.restart)
+        with StopBetweenSteps() as progress:
+            path, history = run(model, vae, clip, cfg, progress, overwrite=args.overwrite, restart=args.restart)
     except ValueError as e:  # a refused run: the message says what differs and what to do
         log.error("error: %s", e)
         return 2
