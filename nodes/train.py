@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..models.train import TrainConfig, train
 from .adapter import FOLDER, register_folder
-from .host import Progress, check_vae, model_family
+from .host import Progress, check_vae, model_family, training_mode
 from .sockets import CATEGORY
 
 
@@ -54,7 +54,7 @@ def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None):
 
     check = progress.check if progress is not None else None
     # ComfyUI runs nodes under inference_mode; training needs autograd back on.
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), training_mode():
         return train(cfg, dm, encode, text, device, on_step=on_step, check=check)
 
 
