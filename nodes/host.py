@@ -1,10 +1,12 @@
 """What the nodes need from ComfyUI: model families, VAE checks, progress bars and interrupts.
 
-Only public ComfyUI objects are read here; nothing is changed.
+Only public ComfyUI objects are read here; nothing is changed, except the host's own training flag for the
+duration of a training run (see `training_mode`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import comfy.ldm.wan.model
@@ -119,3 +121,21 @@ class Progress:
 def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """pixels: [N, H, W, 3] in [0, 1] -> [1, C, T, h, w] raw VAE latent (ComfyUI's own encode)."""
     return vae.encode(pixels[..., :3])
+
+
+@contextmanager
+def training_mode():
+    """Autograd through the host's DiT for the length of the block. ComfyUI 0.33 runs RoPE (and other ops)
+    through comfy-kitchen kernels that have no backward unless `comfy.model_management.in_training` is
+    set, the flag its own LoRA trainer sets around its loop (comfy_extras/nodes_train.py); the flag is put
+    back afterwards, so sampling keeps the fast kernels. Older hosts have no such flag and need nothing.
+    (tests/harness/inprocess.py keeps a copy for in-process training, which cannot import the pack.)"""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    saved, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = saved

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..models.adapter import plain_copy
 from ..models.train import TrainConfig, check_name, run_folder, train
 from .adapter import FOLDER, register_folder
-from .host import Progress, check_vae, model_family, real_weight
+from .host import Progress, check_vae, model_family, real_weight, training_mode
 from .sockets import CATEGORY
 
 
@@ -55,7 +55,7 @@ def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, ov
 
     check = progress.check if progress is not None else None
     # ComfyUI runs nodes under inference_mode; training needs autograd back on.
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), training_mode():
         return train(cfg, dm, encode, text, device, on_step, check, overwrite=overwrite, restart=restart)
 
 

@@ -7,11 +7,13 @@ it see `--cpu` then puts the test runner's argv back.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
-from .paths import comfy_root
+from .paths import check_in_host_venv, comfy_root
 
 
 def import_comfy():
+    check_in_host_venv()
     root = str(comfy_root())
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -25,6 +27,7 @@ def import_comfy():
         finally:
             sys.argv = saved
     import comfy.ldm.wan.model
+    import comfy.model_management
     import comfy.ops
 
     return comfy
@@ -41,3 +44,18 @@ def tiny_wan(dim: int = 128, layers: int = 3, ffn: int = 256, in_dim: int = 16, 
     )  # fmt: skip
     _init_(dm, seed)
     return dm.eval()
+
+
+@contextmanager
+def training_mode():
+    """The pack's nodes/host.py `training_mode` for in-process training (the pack itself is not importable
+    here): ComfyUI 0.33's comfy-kitchen RoPE has no backward unless the host's training flag is set."""
+    mm = import_comfy().model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    saved, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = saved

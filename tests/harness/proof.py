@@ -135,7 +135,7 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
     from models.data import find_clips, read_clip
     from models.flow import noise_to
 
-    from .inprocess import import_comfy, tiny_wan
+    from .inprocess import import_comfy, tiny_wan, training_mode
 
     import_comfy()
     import comfy.latent_formats
@@ -152,15 +152,16 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
     opt = torch.optim.AdamW(dm.parameters(), lr=cfg.base_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     context = torch.zeros(1, 1, 4096)  # the null prompt, as the test graphs' zero conditioning
-    for _ in range(cfg.base_steps):
-        z0 = latents[int(torch.randint(0, len(latents), (), generator=gen))]
-        t = torch.rand((1,), generator=gen).clamp(1e-3, 1 - 1e-3)
-        eps = torch.randn(z0.shape, generator=gen)
-        loss = F.mse_loss(dm(noise_to(z0, t.item(), eps), t * 1000, context), eps - z0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-        opt.step()
+    with training_mode():  # autograd through the host's DiT, as the trainer node does
+        for _ in range(cfg.base_steps):
+            z0 = latents[int(torch.randint(0, len(latents), (), generator=gen))]
+            t = torch.rand((1,), generator=gen).clamp(1e-3, 1 - 1e-3)
+            eps = torch.randn(z0.shape, generator=gen)
+            loss = F.mse_loss(dm(noise_to(z0, t.item(), eps), t * 1000, context), eps - z0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
+            opt.step()
     sd = {k: v.detach().float().contiguous() for k, v in dm.state_dict().items()}
     save_file(sd, str(out), metadata={"proof": cfg.key()})
     return out

@@ -258,8 +258,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
-    from harness.paths import REPO, comfy_root
+    from harness.paths import REPO, check_in_host_venv, comfy_root
 
+    check_in_host_venv()
     sys.path.insert(0, str(REPO))  # the pack's pure-PyTorch `models` package, for the adapter files
     root = str(comfy_root())
     if root not in sys.path:

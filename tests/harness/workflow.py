@@ -4,7 +4,8 @@ runs, using the server's /object_info for widget order. The tests run the shippe
 Handled: widget values in input order (including widgets converted to sockets, whose value slot stays),
 the extra value the frontend stores after a seed's `control_after_generate` and after an upload combo,
 links through Reroute nodes, bypassed nodes (mode 4, passed through by type), muted nodes (mode 2), and
-frontend-only nodes (Note, MarkdownNote, PrimitiveNode).
+frontend-only nodes (Note, MarkdownNote, PrimitiveNode), and V3 dynamic combos (ComfyUI 0.33's Save Video
+`format`), whose chosen option's widgets follow its value and are sent as `<combo>.<widget>`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import copy
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
 MUTED, BYPASSED = 2, 4
 
 
 def _inputs(info: dict) -> list[tuple[str, list]]:
-    spec = info["input"]
+    return _ordered(info["input"])
+
+
+def _ordered(spec: dict) -> list[tuple[str, list]]:
     return list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
 
 
@@ -32,6 +37,23 @@ def _extra_slots(spec: list) -> int:
     if opts.get("image_upload") or opts.get("video_upload") or opts.get("audio_upload"):
         extra += 1
     return extra
+
+
+def _fill(inputs: dict, values: list, i: int, specs: list[tuple[str, list]], prefix: str = "") -> int:
+    """Puts the widget values from index `i` on, in input order, into `inputs`; returns the next index."""
+    for name, spec in specs:
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if not _is_widget(spec) or opts.get("hidden"):  # a hidden input (a host's back-compat one) has no widget
+            continue
+        if i < len(values):
+            inputs[prefix + name] = values[i]
+        value = values[i] if i < len(values) else None
+        i += 1 + _extra_slots(spec)
+        if spec[0] == DYNAMIC_COMBO:
+            option = next((o for o in opts.get("options", []) if o["key"] == value), None)
+            if option is not None:
+                i = _fill(inputs, values, i, _ordered(option["inputs"]), f"{prefix}{name}.")
+    return i
 
 
 def to_api(workflow: dict, object_info: dict) -> dict:
@@ -66,12 +88,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
         if isinstance(values, dict):  # some nodes save widgets by name
             inputs.update({k: v for k, v in values.items() if k in dict(_inputs(object_info[kind]))})
         else:
-            i = 0
-            for name, spec in _inputs(object_info[kind]):
-                if _is_widget(spec):
-                    if i < len(values):
-                        inputs[name] = values[i]
-                    i += 1 + _extra_slots(spec)
+            _fill(inputs, values, 0, _inputs(object_info[kind]))
         for inp in node.get("inputs", []):
             if inp.get("link") is None:
                 continue

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.inprocess import import_comfy, tiny_wan
+from harness.inprocess import import_comfy, tiny_wan, training_mode
 from harness.runs import make_clip
 
 from models.adapter_file import load_adapter
@@ -26,6 +26,13 @@ from models.train import (
     split,
     train,
 )
+
+
+@pytest.fixture(autouse=True)
+def _training_mode():
+    """As the trainer node does: autograd through the host's DiT (ComfyUI 0.33's kernels need the flag)."""
+    with training_mode():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,9 @@ by the integration tests)."""
 import pytest
 from harness.workflow import override, prune, to_api
 
+# ComfyUI 0.33's Save Video format option: a dynamic combo inside a dynamic combo's option.
+H264 = {"key": "h264", "inputs": {"optional": {"crf": ["FLOAT", {}]}}}
+MP4 = {"key": "mp4", "inputs": {"required": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [H264]}]}}}
 INFO = {
     "Loader": {"input": {"required": {"name": [["a.safetensors", "b.safetensors"], {}]}}, "output": ["MODEL"]},
     "Sampler": {
@@ -23,6 +26,18 @@ INFO = {
         "output": ["VIDEO"],
     },
     "Filter": {"input": {"required": {"model": ["MODEL", {}]}}, "output": ["MODEL"]},
+    # Shaped like ComfyUI 0.33's Save Video, with a hidden back-compat input that has no widget.
+    "SaveDyn": {
+        "input": {
+            "required": {
+                "prefix": ["STRING", {}],
+                "format": ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {}}, MP4]}],
+            },
+            "optional": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [], "hidden": True}], "fps": ["INT", {}]},
+        },
+        "output": [],
+        "output_node": True,
+    },
     "Save": {
         "input": {"required": {"samples": ["LATENT", {}], "video": ["VIDEO", {}]}},
         "output": [],
@@ -86,6 +101,20 @@ def test_override_and_prune():
         override(api, "Sampler", model="x")  # a linked input is not a widget
     api["10"] = {"class_type": "Loader", "inputs": {"name": "a.safetensors"}}
     assert "10" not in prune(api, INFO)
+
+
+@pytest.mark.parametrize(
+    "widgets,expected",
+    [
+        (["v/x", "mp4", "h264", 20.0, 16], {"prefix": "v/x", "format": "mp4", "format.codec": "h264",
+                                           "format.codec.crf": 20.0, "fps": 16}),
+        (["v/x", "auto", 16], {"prefix": "v/x", "format": "auto", "fps": 16}),
+    ],
+    ids=["nested", "no-option-widgets"],
+)  # fmt: skip
+def test_dynamic_combo_widgets_follow_their_value(widgets, expected):
+    api = to_api({"nodes": [node(1, "SaveDyn", widgets)], "links": []}, INFO)
+    assert api["1"]["inputs"] == expected
 
 
 def test_unknown_node_type_is_an_error():
