@@ -82,9 +82,12 @@ class Oracle:
 
     def __init__(self, x0: torch.Tensor, shift: float):
         self.x0 = x0
-        self.inner_model = types.SimpleNamespace(model_sampling=wan_sampling(shift), model_patcher=None)
+        ms = wan_sampling(shift)
+        # Samplers read the model sampling directly or, on newer hosts, through the model patcher.
+        patcher = types.SimpleNamespace(model=self, get_model_object=lambda name: {"model_sampling": ms}[name])
+        self.inner_model = types.SimpleNamespace(model_sampling=ms, model_patcher=patcher)
         self.cfg = 1.0
-        self.model_patcher = types.SimpleNamespace(model=self)
+        self.model_patcher = patcher
 
     def __call__(self, x, sigma, **kwargs):
         return self.x0.expand_as(x).clone()
