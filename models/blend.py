@@ -24,7 +24,9 @@ class StitchMode(str, Enum):
 
 @dataclass(frozen=True)
 class StitchConfig:
-    mode: StitchMode = StitchMode.WEIGHTED
+    # SHIFTED by default: about the base grid's cost per step, with seams, drift and flicker no worse than
+    # WEIGHTED's on the proxies (README, Figures). Workflows that name a mode keep it.
+    mode: StitchMode = StitchMode.SHIFTED
     # The four-patch intersection patch is amplified by this factor so its features win over the three
     # mismatched patches meeting there; 5.0 removes the "black holes" in the supplement's Fig. 6.
     blend_weight: float = 5.0
