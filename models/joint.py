@@ -170,7 +170,9 @@ class FusionSchedule:
         if stitch.mode != StitchMode.SHIFTED:
             return cls(full, ())
         grids = tuple(
-            overlapped_grid(shifted_grid(plan, phase), stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t)
+            overlapped_grid(
+                shifted_grid(plan, phase, stitch.grid_fade_t), stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t
+            )
             for phase in (0, 1)
         )
         return cls(full, grids)

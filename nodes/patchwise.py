@@ -125,8 +125,9 @@ class PatchwiseDiffusion:
     # PREPARE_SAMPLING: ComfyUI sizes model loading by the latent it sees; the DiT sees patch batches.
     # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
-        t, h, w = max((p[0].length, p[1].height, p[1].width) for b in self.jm.batches for p in b)
-        k = max(len(b) for b in self.jm.batches)
+        batches = [b for jm in (self.schedule.full, *self.schedule.grids) for b in jm.batches]
+        t, h, w = max((p[0].length, p[1].height, p[1].width) for b in batches for p in b)
+        k = max(len(b) for b in batches)
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
         return executor(model, patch_shape, conds, *args, **kwargs)
 
