@@ -17,17 +17,31 @@ class StitchMode(str, Enum):
     WEIGHTED = "weighted"  # the paper's final scheme: linear auxiliary profiles, amplified shared patch
     AVERAGE = "average"  # plain multi-patch averaging: every covering patch counts the same
     NAIVE = "naive"  # base grid only, stitched side by side: the seams the paper sets out to remove
+    # One grid per model evaluation whose borders move between evaluations (plan.shifted_grid), the
+    # paper's weighted scheme on the last steps only: about the base grid's cost per step.
+    SHIFTED = "shifted"
 
 
 @dataclass(frozen=True)
 class StitchConfig:
-    mode: StitchMode = StitchMode.WEIGHTED
+    # SHIFTED by default: about the base grid's cost per step, with seams, drift and flicker no worse than
+    # WEIGHTED's on the proxies (README, Figures). Workflows that name a mode keep it.
+    mode: StitchMode = StitchMode.SHIFTED
     # The four-patch intersection patch is amplified by this factor so its features win over the three
     # mismatched patches meeting there; 5.0 removes the "black holes" in the supplement's Fig. 6.
     blend_weight: float = 5.0
     # Floor of the linear auxiliary profile at its sides. Kept tiny but positive so every weight map is
     # strictly positive over its own patch; base patches alone already guarantee coverage.
     profile_floor: float = 1e-3
+    # SHIFTED only: how many of the last sampling steps use the weighted scheme with every bridging patch.
+    # At low noise a model mostly keeps what the latent holds, so the last steps are where a seam left by
+    # a single grid would stay; one step is enough on the seam proxies (README, Figures).
+    weighted_tail: int = 1
+    # SHIFTED only: latent cells (frames) over which neighbouring grid cells cross-fade around each border;
+    # each cell reaches about half of it into its neighbour. A cross-fade instead of a cut spreads a seam's
+    # step over the fade; the cost is the fades' share of the frame (measured in README, Figures).
+    grid_fade: int = 3
+    grid_fade_t: int = 4
 
     @property
     def uses_aux(self) -> bool:
@@ -41,9 +55,9 @@ def _tent(n: int, floor: float) -> torch.Tensor:
 
 
 def spatial_weight(box: Box, cfg: StitchConfig) -> torch.Tensor:
-    """[h, w] fusion weight of one patch."""
+    """[h, w] fusion weight of one patch (SHIFTED's weighted steps use the weighted profiles)."""
     h, w = box.height, box.width
-    if cfg.mode != StitchMode.WEIGHTED or box.kind == Kind.BASE:
+    if cfg.mode not in (StitchMode.WEIGHTED, StitchMode.SHIFTED) or box.kind == Kind.BASE:
         return torch.ones(h, w)
     ones_y, ones_x = torch.ones(h), torch.ones(w)
     if box.kind == Kind.AUX_H:  # split line is vertical: the weight falls off along x

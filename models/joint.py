@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from .blend import Accumulator, StitchConfig, patch_list, weight_volume
-from .plan import Box, PatchPlan, Window
+from .blend import Accumulator, StitchConfig, StitchMode, patch_list, weight_volume
+from .plan import Box, PatchPlan, Window, shifted_grid
 
 Patch = tuple[Window, Box]
 # fn(x: [(B k), C, t, h, w], patches: the k patches) -> [(B k), C, t, h, w]. Rows are batch-major: the k
@@ -58,6 +58,50 @@ def patch_timesteps(timestep: torch.Tensor, patches: Sequence[Patch], latent_fra
     )
 
 
+def _group(pairs: Sequence[Patch], batch_size: int) -> tuple[tuple[Patch, ...], ...]:
+    """DiT batches: only patches of one shape can share one; grouping keeps the order inside a group."""
+    groups: dict[tuple[int, int, int], list[Patch]] = {}
+    for win, box in pairs:
+        groups.setdefault((win.length, box.height, box.width), []).append((win, box))
+    return tuple(tuple(g[i : i + batch_size]) for g in groups.values() for i in range(0, len(g), batch_size))
+
+
+def _ramp(lo: int, hi: int, length: int, fade: int) -> tuple[int, int, torch.Tensor]:
+    """One axis of a grid cell [lo, hi) of an axis of `length`, cross-faded with its neighbours over
+    `fade` cells around each border it shares: the cell grown to [lo - ceil(fade/2), hi + fade // 2) where
+    it has neighbours, and its weight, 1 inside and a linear ramp over each fade. Two neighbours' ramps sum
+    to 1 there, so the fused result is a cross-fade; every weight stays above 0 on the patch's own cells."""
+    before, after = fade - fade // 2, fade // 2  # a border at e fades over [e - before, e + after)
+    a, b = (lo - before if lo > 0 else lo), (hi + after if hi < length else hi)
+    pos = torch.arange(a, b, dtype=torch.float64) + 0.5
+    w = torch.ones(b - a, dtype=torch.float64)
+    if fade > 0 and lo > 0:
+        w = torch.minimum(w, (pos - (lo - before)) / fade)
+    if fade > 0 and hi < length:
+        w = torch.minimum(w, ((hi + after) - pos) / fade)
+    return a, b, w.float()
+
+
+def overlapped_grid(grid: PatchPlan, stitch: StitchConfig, batch_size: int, fade: int, fade_t: int):
+    """A joint modulation of a grid that tiles the latent (plan.shifted_grid), each cell grown into its
+    neighbours and cross-faded over `fade` cells (`fade_t` frames) around every border. Fades are capped at
+    the smallest cell, so two ramps never meet inside one cell."""
+    T, H, W = grid.latent_shape
+    boxes, windows = grid.base_boxes(), grid.windows
+    fade = min(fade, min(min(b.height, b.width) for b in boxes))
+    fade_t = min(fade_t, min(w.length for w in windows))
+    pairs, weights = [], {}
+    for win in windows:
+        t0, t1, wt = _ramp(win.t0, win.t1, T, fade_t)
+        for box in boxes:
+            y0, y1, wy = _ramp(box.y0, box.y1, H, fade)
+            x0, x1, wx = _ramp(box.x0, box.x1, W, fade)
+            p = (Window(t0, t1), Box(box.kind, y0, y1, x0, x1))
+            pairs.append(p)
+            weights[p] = wt[:, None, None] * wy[None, :, None] * wx[None, None, :]
+    return JointModulation(grid, stitch, _group(pairs, batch_size), weights)
+
+
 @dataclass(frozen=True)
 class JointModulation:
     """The patches of a plan grouped into DiT batches, with their fusion weights precomputed once."""
@@ -71,13 +115,8 @@ class JointModulation:
     def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int) -> JointModulation:
         assert batch_size >= 1, f"patch batch size must be >= 1, got {batch_size}"
         pairs = patch_list(plan, stitch)
-        # Only patches of one shape can share a DiT batch; grouping keeps the plan's order inside a group.
-        groups: dict[tuple[int, int, int], list[Patch]] = {}
-        for win, box in pairs:
-            groups.setdefault((win.length, box.height, box.width), []).append((win, box))
-        batches = tuple(tuple(g[i : i + batch_size]) for g in groups.values() for i in range(0, len(g), batch_size))
         weights = {p: weight_volume(plan, stitch, *p) for p in pairs}
-        return cls(plan, stitch, batches, weights)
+        return cls(plan, stitch, _group(pairs, batch_size), weights)
 
     @property
     def num_patches(self) -> int:
@@ -104,3 +143,51 @@ class JointModulation:
             if on_batch is not None:
                 on_batch(len(batch))
         return acc.result().to(x.dtype)
+
+
+def step_index(sigma: float, schedule: Sequence[float]) -> int:
+    """Sampling step (0-based) of a model evaluation at noise level `sigma`, for a decreasing `schedule` of
+    steps + 1 levels: step i covers (schedule[i + 1], schedule[i]]. Evaluations inside a step (2nd-order
+    and multistep samplers) belong to it; one on the next level (Heun's correction) to the next step."""
+    return sum(1 for s in schedule[1:-1] if s >= sigma * (1 - 1e-5))
+
+
+@dataclass(frozen=True)
+class FusionSchedule:
+    """Which patches run and how they are fused at each sampling step.
+
+    For WEIGHTED, AVERAGE and NAIVE every step runs the plan under that scheme. For SHIFTED, step i runs
+    `grids[i % 2]` (one base-size grid, no overlap, borders moved between consecutive steps) and the last
+    `stitch.weighted_tail` steps run the plan under the paper's weighted scheme.
+    """
+
+    full: JointModulation  # the plan under the stitch's scheme (SHIFTED: weighted, with bridging patches)
+    grids: tuple[JointModulation, ...]  # SHIFTED's alternating grids; empty for the other modes
+
+    @classmethod
+    def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int) -> FusionSchedule:
+        full = JointModulation.build(plan, stitch, batch_size)
+        if stitch.mode != StitchMode.SHIFTED:
+            return cls(full, ())
+        grids = tuple(
+            overlapped_grid(
+                shifted_grid(plan, phase, stitch.grid_fade_t), stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t
+            )
+            for phase in (0, 1)
+        )
+        return cls(full, grids)
+
+    def at(self, step: int, steps: int) -> JointModulation:
+        """The joint modulation of sampling step `step` (0-based) out of `steps`."""
+        if not self.grids or step >= steps - self.full.stitch.weighted_tail:
+            return self.full
+        return self.grids[step % len(self.grids)]
+
+    @property
+    def max_batches(self) -> int:
+        """DiT calls of the costliest step (progress bars size themselves on it)."""
+        return len(self.full.batches)
+
+    def batches_per_run(self, steps: int) -> int:
+        """DiT calls over a run of `steps` steps with one model evaluation per step."""
+        return sum(len(self.at(i, steps).batches) for i in range(steps))

@@ -172,6 +172,45 @@ def make_plan(config: PlanConfig, with_aux: bool = True, geometry: Geometry | No
     return plan
 
 
+def _partition_windows(total: int, length: int) -> list[int]:
+    """Borders of the fewest windows of at most `length` frames that tile `total` frames without overlap."""
+    return _aligned_edges(total, math.ceil(total / length), 1)
+
+
+def shifted_grid(plan: PatchPlan, phase: int, fade_t: int = 0) -> PatchPlan:
+    """One grid of the shifted-grid fusion mode: base boxes only, no overlap in space or time.
+
+    Phase 0 is the plan's own base grid, with temporal windows that tile the clip without overlap. Phase 1
+    moves every interior boundary (rows, columns, window borders) to the centre of its base cell, so no
+    border of phase 0 is a border of phase 1: alternating the two between model evaluations, no seam sits in
+    the same place twice in a row (SpotDiffusion's shifted windows; SimpleGVR's interleaved temporal units).
+    A phase-1 grid has half-size strips at the frame's edges and one more cell per axis; its token count is
+    the frame's, the same as the base grid's. An axis with a single cell (or a clip within one window) is
+    not shifted: moving it would only cut a patch in two. Windows are at most `fade_t` frames shorter
+    than the model's, so a window grown by a cross-fade of `fade_t` frames (joint.overlapped_grid) still
+    fits the frame count the model was trained on.
+    """
+    assert phase in (0, 1), f"shifted grids have phases 0 and 1, got {phase}"
+    cfg = plan.config
+    T, H, W = cfg.latent_shape
+    align = cfg.align
+
+    def shift(edges: list[int], a: int) -> list[int]:
+        if phase == 0 or len(edges) <= 2 or min(b - a for a, b in zip(edges, edges[1:])) < 2:
+            return edges
+        return [0] + _midpoints(edges, a) + [edges[-1]]
+
+    rows, cols = shift(list(plan.row_edges), align), shift(list(plan.col_edges), align)
+    # A clip within one window stays whole; a longer one gets windows short enough to grow by the fade.
+    limit = cfg.window_frames if T <= cfg.window_frames else max(1, cfg.window_frames - fade_t)
+    times = shift(_partition_windows(T, limit), 1)
+    boxes = tuple(Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:]))
+    windows = tuple(Window(a, b) for a, b in zip(times, times[1:]))
+    grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, windows, plan.geometry)
+    assert_covers(grid)
+    return grid
+
+
 def assert_covers(plan: PatchPlan) -> None:
     """Every latent cell lies in exactly one base box and in at least one window; no box leaves the frame."""
     T, H, W = plan.latent_shape

@@ -12,9 +12,9 @@ import torch
 
 from ..models import adapter_runtime as rt
 from ..models.blend import StitchConfig
-from ..models.context import anchor_low_frequency, global_lowpass, lowpass_sigma
+from ..models.context import anchor_low_frequency, global_lowpass, location_mask, lowpass_sigma
 from ..models.flow import noise_to
-from ..models.joint import JointModulation, crop, patch_rows, patch_timesteps
+from ..models.joint import FusionSchedule, crop, patch_rows, patch_timesteps, step_index
 from .host import Progress
 
 WRAPPER_KEY = "patchvsr"
@@ -49,13 +49,20 @@ class AdapterInputs:
         if patch not in self.tokens:
             win, box = patch
             g = self.global_noised[:, :, win.t0 : win.t1].to(device, dtype)
-            mask = rt.location_mask_volume(self.context.masks[self.box_index[box]][None], win.length).to(g)
+            mask = rt.location_mask_volume(self._mask(box)[None], win.length).to(g)
             t = torch.full((1,), adapter.cfg.global_noise_t, device=device)
             prompt = rt.fixed_prompt(self.dm, 1, device, dtype)
             self.tokens[patch] = adapter.global_branch(
                 g, mask, rt.time_modulation(self.dm, t, dtype), rt.rope_fn(self.dm, device, dtype), prompt
             )
         return self.tokens[patch]
+
+    def _mask(self, box) -> torch.Tensor:
+        """[gh, gw] location mask of `box`: the context's own for the plan's boxes; the shifted grids' boxes
+        are not in the plan, so theirs are drawn here the same way."""
+        if box in self.box_index:
+            return self.context.masks[self.box_index[box]]
+        return location_mask(box, self.plan.latent_shape[1:], tuple(self.context.masks.shape[-2:]))
 
     def call(self, patches, batch: int, device, dtype) -> rt.AdapterCall:
         """The adapter's per-patch inputs for one DiT call, rows batch-major like the latent crops."""
@@ -78,27 +85,56 @@ class PatchwiseDiffusion:
     """The DIFFUSION_MODEL and PREPARE_SAMPLING wrappers of one sampling run."""
 
     def __init__(
-        self, jm: JointModulation, context, latent_format, progress: Progress, adapter: AdapterInputs | None = None
+        self,
+        schedule: FusionSchedule,
+        context,
+        latent_format,
+        progress: Progress,
+        adapter: AdapterInputs | None = None,
     ):
-        self.jm = jm
+        self.schedule = schedule
+        self.jm = schedule.full  # the plan under the stitch's scheme: the largest patch batches of any step
         self.context = context
         self.latent_format = latent_format
         self.progress = progress
         self.adapter = adapter
-        self.step_ceiling = len(jm.batches)  # progress never runs ahead of the sampler's step count
+        self.sigmas: list[float] | None = None  # the run's noise levels, from set_sigmas
+        self.done = [0, len(self.jm.batches)]  # DiT calls done by the end of each step, from set_sigmas
+        self.step_ceiling = self.done[1]  # progress never runs ahead of the sampler's step count
         self._global_lp = None
+
+    def set_sigmas(self, sigmas: torch.Tensor) -> int:
+        """The run's noise levels (steps + 1), which tell each model evaluation its step; returns the
+        run's DiT calls at one evaluation per step (the progress bar's total)."""
+        self.sigmas = [float(s) for s in sigmas]
+        steps = len(self.sigmas) - 1
+        self.done = [0]
+        for i in range(steps):
+            self.done.append(self.done[-1] + len(self.schedule.at(i, steps).batches))
+        self.step_ceiling = self.done[min(1, steps)]
+        return self.done[-1]
+
+    def _joint(self, sigma: float, transformer_options):
+        """The joint modulation of the evaluation at `sigma`: its step's, by where sigma sits in the run."""
+        levels = self.sigmas if self.sigmas is not None else transformer_options.get("sample_sigmas")
+        if levels is None or not self.schedule.grids:
+            return self.schedule.full
+        levels = [float(s) for s in levels]
+        return self.schedule.at(step_index(sigma, levels), len(levels) - 1)
 
     # PREPARE_SAMPLING: ComfyUI sizes model loading by the latent it sees; the DiT sees patch batches.
     # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
-        t, h, w = max((p[0].length, p[1].height, p[1].width) for b in self.jm.batches for p in b)
-        k = max(len(b) for b in self.jm.batches)
+        batches = [b for jm in (self.schedule.full, *self.schedule.grids) for b in jm.batches]
+        t, h, w = max((p[0].length, p[1].height, p[1].width) for b in batches for p in b)
+        k = max(len(b) for b in batches)
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
         return executor(model, patch_shape, conds, *args, **kwargs)
 
     def on_step(self, step: int) -> None:
-        self.step_ceiling = (step + 2) * len(self.jm.batches)
-        self.progress.set((step + 1) * len(self.jm.batches))
+        last = len(self.done) - 1
+        self.step_ceiling = self.done[min(step + 2, last)]
+        self.progress.set(self.done[min(step + 1, last)])
 
     def _anchor(self, x: torch.Tensor, sigmas: torch.Tensor):
         """The training-free global context: a per-patch post-processing of the prediction, or None."""
@@ -161,7 +197,7 @@ class PatchwiseDiffusion:
             self.progress.tick(1, self.step_ceiling - 1)
             return out
 
-        return self.jm(x, run, post=self._anchor(x, sigmas))
+        return self._joint(float(sigmas[0]), transformer_options)(x, run, post=self._anchor(x, sigmas))
 
 
 def attach(
@@ -177,7 +213,7 @@ def attach(
 ):
     """A clone of `model` that denoises patch-wise (with the adapter's block patches when one is given);
     the input model is left untouched."""
-    jm = JointModulation.build(plan, stitch, patch_batch)
+    schedule = FusionSchedule.build(plan, stitch, patch_batch)
     latent_format = model.get_model_object("latent_format")
     patched = model.clone()
     inputs = None
@@ -192,7 +228,7 @@ def attach(
             patched.set_model_patch_replace(patch, "dit", "double_block", i)
         # ComfyUI loads and offloads the adapter's weights together with the model.
         patched.set_additional_models(WRAPPER_KEY, [adapter.patcher])
-    wrapper = PatchwiseDiffusion(jm, context, latent_format, progress, inputs)
+    wrapper = PatchwiseDiffusion(schedule, context, latent_format, progress, inputs)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, wrapper.prepare_sampling

@@ -112,10 +112,11 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
     # 1. Patch-wise clone: the wrapper runs the DiT per patch batch and fuses at every evaluation.
     progress = Progress(1)
     patched, wrapper = attach(model, plan, stitch, context, patch_batch, progress, adapter, latent["samples"], seed)
-    progress.total = steps * len(wrapper.jm.batches)
-    # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`.
+    # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`; the wrapper reads its step
+    #    from them (the shifted-grid stitch changes grids between steps).
     model_sampling = patched.get_model_object("model_sampling")
     sigmas = sigmas_from_t0(lambda n: comfy.samplers.calculate_sigmas(model_sampling, scheduler, n).cpu(), steps, t0)
+    progress.total = wrapper.set_sigmas(sigmas)
     # 3. SDEdit from the upscaled latent: noise_scaling mixes (1 - t0) latent + t0 noise.
     x = latent["samples"]
     noise = comfy.sample.prepare_noise(x, seed)

@@ -32,13 +32,15 @@ class LatentStitcher(io.ComfyNode):
             display_name="PatchVSR Latent Stitcher",
             category=CATEGORY,
             description="How overlapping patch predictions are fused at every denoising step: sum(w * x) / sum(w). "
-            "'weighted' is the paper's scheme; 'average' and 'naive' are there to compare.",
+            "'weighted' is the paper's scheme; 'shifted' costs about the base grid per step; 'average' and 'naive' are there to compare.",
             inputs=[
                 io.Combo.Input(
                     "mode",
                     options=[m.value for m in StitchMode],
-                    default=StitchMode.WEIGHTED.value,
+                    default=StitchConfig().mode.value,
                     tooltip="weighted: bridging patches fade linearly from their centre line, the intersection patch is amplified. "
+                    "shifted: each step runs one grid without bridging patches, its borders moved between steps, and the last step "
+                    "the weighted scheme (about the base grid's cost per step; see the README's Figures). "
                     "average: all patches count the same (shows 'black holes'). naive: base grid only, no bridging patches (shows seams).",
                 ),
                 io.Float.Input(

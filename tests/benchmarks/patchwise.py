@@ -1,12 +1,15 @@
 """Benchmark: patch-wise joint modulation on a real-architecture Wan DiT (ComfyUI's WanModel, random
-weights, CPU-sized), for outputs from 1080p to 4K.
+weights, CPU-sized), for outputs from 1080p to 4K, in each fusion mode side by side.
 
-    bash .ci/bench            # prints a Markdown table; README.md shows the latest one
+    bash .ci/bench            # prints Markdown tables; README.md shows the latest ones
 
-Per output size it reports DiT evaluations per step (base and auxiliary patches), attention FLOPs of
-those patches against one full-frame pass, wall time per step, the share of wall time spent outside the
-DiT (cropping, weights, fusion, copies), and the process's peak resident memory. Each size runs in its own
-process so peaks do not mix. Times are for one run on this machine: compare ratios, not seconds.
+Per output size and fusion mode it reports DiT evaluations and token-weighted cost per step against the
+base grid (mean over a 50-step run: SHIFTED changes grids between steps), the seam score and colour drift
+of the stand-in models in tests/harness/fusion_proxies.py, and the wall time per step (each grid timed
+once, combined by the 50-step schedule), the share of wall time spent outside the DiT and the process's
+peak resident memory. Each size runs in its own process so peaks do not mix. Times are for one run on this
+machine: compare ratios, not seconds. A second table projects FLOPs and time per step for the real Wan 2.1
+1.3B and 14B configs on a named GPU: a projection from a FLOP count, not a measurement.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ PATCH_PX = (480, 832)  # Wan 2.1's native size
 STRIDE = 8
 DIT = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=4)  # head dim 128 as in Wan; CPU-sized depth/width
 FULL_FRAME_MAX_TOKENS = 9000  # a full-frame pass is timed only where the CPU can afford it
+MODES = ("weighted", "shifted", "naive")
+RUN_STEPS = 50  # the paper's step count: per-step figures are means over a run this long
+
+# Projection (not measured): the real Wan 2.1 configs (their config.json), an 81-frame clip, on one GPU.
+WAN = {"Wan 2.1 1.3B": dict(dim=1536, ffn_dim=8960, num_layers=30), "Wan 2.1 14B": dict(dim=5120, ffn_dim=13824, num_layers=40)}  # fmt: skip
+TEXT_TOKENS = 512  # umT5 context length Wan pads to
+CLIP_FRAMES = 81
+GPU = "H100 SXM"
+GPU_TFLOPS = 989.0  # dense bf16 peak
+UTILISATION = 0.4  # a typical share of peak for long-sequence DiT inference
 
 
 def attention_flops(tokens: int) -> float:
@@ -31,7 +44,17 @@ def attention_flops(tokens: int) -> float:
     return 4.0 * tokens**2 * DIT["dim"] * DIT["num_layers"]
 
 
-def run_one(name: str, frames: int, steps: int) -> dict:
+def dit_flops(tokens: int, dim: int, ffn_dim: int, num_layers: int) -> float:
+    """Multiply-adds x 2 of one Wan DiT pass over `tokens` video tokens: per block self-attention (q, k, v, o
+    projections and the L x L attention), text cross-attention (q, o on video tokens, k, v on the text, the
+    L x 512 attention) and the FFN; embeddings, modulation and head are under 1% and left out."""
+    per_token = 2 * (4 * dim * dim + 2 * dim * dim + 2 * dim * ffn_dim)
+    attention = 4 * tokens * tokens * dim + 4 * tokens * TEXT_TOKENS * dim
+    text_kv = 2 * 2 * TEXT_TOKENS * dim * dim
+    return num_layers * (tokens * per_token + attention + text_kv)
+
+
+def run_one(name: str, frames: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from harness.paths import comfy_root
@@ -44,11 +67,12 @@ def run_one(name: str, frames: int, steps: int) -> dict:
     import comfy.ldm.wan.model
     import comfy.ops
     import torch
+    from harness.fusion_proxies import evaluations, measure, token_cost
     from harness.tiny_models import _init_
 
-    from models.blend import StitchConfig
-    from models.joint import JointModulation
-    from models.plan import Kind, PlanConfig, latent_frames, make_plan
+    from models.blend import StitchConfig, StitchMode
+    from models.joint import FusionSchedule
+    from models.plan import PlanConfig, latent_frames, make_plan
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
@@ -59,7 +83,6 @@ def run_one(name: str, frames: int, steps: int) -> dict:
     H, W = SIZES[name]
     T = latent_frames(frames)
     plan = make_plan(PlanConfig((T, H // STRIDE, W // STRIDE), (PATCH_PX[0] // STRIDE, PATCH_PX[1] // STRIDE), 21))
-    jm = JointModulation.build(plan, StitchConfig(), batch_size=1)
     x = torch.randn(1, 16, T, H // STRIDE, W // STRIDE)
     context = torch.zeros(1, 8, 4096)
     dit_time = 0.0
@@ -71,65 +94,126 @@ def run_one(name: str, frames: int, steps: int) -> dict:
         dit_time += time.perf_counter() - t0
         return out
 
-    jm(x, fn)  # warm-up: first-call allocations and kernels
-    dit_time = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        x = jm(x, fn)
-    wall = (time.perf_counter() - start) / steps
-    dit_step = dit_time / steps
-    tokens = lambda b: T * (b.height // 2) * (b.width // 2)  # noqa: E731  2x2 latent cells per token
-    patch_flops = sum(attention_flops(tokens(b)) for b in plan.boxes) * len(plan.windows)
-    full_tokens = T * (H // STRIDE // 2) * (W // STRIDE // 2)
+    def timed(jm) -> tuple[float, float]:
+        """(wall, DiT) seconds of one evaluation of `jm`."""
+        nonlocal dit_time
+        dit_time = 0.0
+        start = time.perf_counter()
+        jm(x, fn)
+        return time.perf_counter() - start, dit_time
+
+    # Proxies at the real latent size (one frame; the temporal proxy is in the unit tests).
+    proxy_plan = make_plan(PlanConfig((1, H // STRIDE, W // STRIDE), plan.config.patch_hw, 21))
+    rows, seen = [], {}
+    timed(FusionSchedule.build(plan, StitchConfig(StitchMode.NAIVE), 1).full)  # warm-up: first-call allocations
+    for mode in MODES:
+        stitch = StitchConfig(StitchMode(mode))
+        schedule = FusionSchedule.build(plan, stitch, batch_size=1)
+        for jm in (schedule.full, *schedule.grids):  # each distinct grid timed once
+            key = tuple(p for b in jm.batches for p in b)
+            if key not in seen:
+                seen[key] = timed(jm)
+        per_step = [seen[tuple(p for b in schedule.at(i, RUN_STEPS).batches for p in b)] for i in range(RUN_STEPS)]
+        wall = sum(w for w, _ in per_step) / RUN_STEPS
+        dit_step = sum(d for _, d in per_step) / RUN_STEPS
+        proxies = {m: measure(proxy_plan, StitchConfig(StitchMode(mode)), m) for m in ("independent", "following")}
+        rows.append({
+            "size": name, "mode": mode, "latent": [T, H // STRIDE, W // STRIDE],
+            "evals": evaluations(schedule, RUN_STEPS), "cost": token_cost(schedule, RUN_STEPS),
+            "seam": {m: p["seam"] for m, p in proxies.items()}, "drift": {m: p["drift"] for m, p in proxies.items()},
+            "wall_step_s": wall, "outside_dit": (wall - dit_step) / wall,
+        })  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the full-frame pass below
+    full_tokens = T * (H // STRIDE // 2) * (W // STRIDE // 2)
     full_wall = None
     if full_tokens <= FULL_FRAME_MAX_TOKENS:
         t0 = time.perf_counter()
         dit(x, torch.full((1,), 500.0), context)
         full_wall = time.perf_counter() - t0
-    return {
-        "size": name,
-        "latent": [T, H // STRIDE, W // STRIDE],
-        "base": plan.count(Kind.BASE) * len(plan.windows),
-        "aux": len(plan.aux_boxes()) * len(plan.windows),
-        "flops_ratio": patch_flops / attention_flops(full_tokens),
-        "wall_step_s": wall,
-        "outside_dit": (wall - dit_step) / wall,
-        "full_frame_s": full_wall,
-        "peak_rss_mib": peak,
-    }
+    for r in rows:
+        r.update(peak_rss_mib=peak, full_frame_s=full_wall)
+    return {"rows": rows}
+
+
+def projection() -> list[dict]:
+    """FLOPs per step and a projected time for an 81-frame clip, per Wan config, size and mode (cfg 1: one
+    evaluation per step; cfg > 1 doubles it). Cost per patch from its token count, as the sampler runs it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models.blend import StitchConfig, StitchMode
+    from models.joint import FusionSchedule
+    from models.plan import PlanConfig, latent_frames, make_plan
+
+    out = []
+    T = latent_frames(CLIP_FRAMES)
+    for name, (H, W) in SIZES.items():
+        plan = make_plan(PlanConfig((T, H // STRIDE, W // STRIDE), (PATCH_PX[0] // STRIDE, PATCH_PX[1] // STRIDE), 21))
+        for model, cfg in WAN.items():
+            row = {"size": name, "model": model}
+            for mode in ("weighted", "shifted"):
+                schedule = FusionSchedule.build(plan, StitchConfig(StitchMode(mode)), 1)
+                flops = (
+                    sum(
+                        dit_flops(w.length * (b.height // 2) * (b.width // 2), **cfg)
+                        for i in range(RUN_STEPS)
+                        for batch in schedule.at(i, RUN_STEPS).batches
+                        for w, b in batch
+                    )
+                    / RUN_STEPS
+                )
+                row[mode] = flops
+            row["full_frame"] = dit_flops(T * (H // STRIDE // 2) * (W // STRIDE // 2), **cfg)
+            out.append(row)
+    return out
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=1, help="pixel frames (1 + 4k); 1 keeps 4K within minutes")
-    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.frames, args.steps)))
+        print(json.dumps(run_one(args.one, args.frames)))
         return
     rows = []
     for name in SIZES:
-        cmd = [sys.executable, __file__, "--one", name, "--frames", str(args.frames), "--steps", str(args.steps)]
+        cmd = [sys.executable, __file__, "--one", name, "--frames", str(args.frames)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        rows.append(json.loads(out))
+        rows += json.loads(out)["rows"]
     print(f"Wan DiT {DIT}, random weights, CPU; patch {PATCH_PX[1]}x{PATCH_PX[0]}, {args.frames} frame(s), "
-          f"weighted stitch, patch batch 1, one model evaluation per step (cfg 1).\n")  # fmt: skip
-    print("| output | latent T×H×W | DiT evals/step (base + aux) | attention FLOPs vs full frame | wall/step | "
-          "outside DiT | full-frame pass | peak RSS |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    base = rows[0]["wall_step_s"]
+          f"patch batch 1, one model evaluation per step (cfg 1); per-step figures are means over a "
+          f"{RUN_STEPS}-step run. Seam and drift: stand-in models 'independent' / 'following' "
+          f"(tests/harness/fusion_proxies.py), means over 4 tone draws.\n")  # fmt: skip
+    print("| output | mode | DiT evals/step | token cost vs base grid | seam (indep / follow) | drift (indep / follow) "
+          "| wall/step | vs base grid | outside DiT | peak RSS |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    grid = {r["size"]: r["wall_step_s"] for r in rows if r["mode"] == "naive"}  # the base grid alone
+    base = grid["1080p"]
     for r in rows:
-        full = f"{r['full_frame_s'] / base:.2f}×" if r["full_frame_s"] else "not run (too slow on CPU)"
         print(
-            f"| {r['size']} | {'×'.join(map(str, r['latent']))} | {r['base'] + r['aux']} ({r['base']} + {r['aux']}) "
-            f"| {r['flops_ratio']:.3f} | {r['wall_step_s'] / base:.2f}× | {100 * r['outside_dit']:.1f}% | {full} "
+            f"| {r['size']} | {r['mode']} | {r['evals']:.1f} | {r['cost']:.3f}× "
+            f"| {r['seam']['independent']:.2f} / {r['seam']['following']:.2f} "
+            f"| {r['drift']['independent']:.3f} / {r['drift']['following']:.3f} "
+            f"| {r['wall_step_s'] / base:.2f}× | {r['wall_step_s'] / grid[r['size']]:.2f}× | {100 * r['outside_dit']:.1f}% "
             f"| {r['peak_rss_mib']:.0f} MiB |"
         )
-    print(
-        f"\nwall/step and full-frame pass are relative to the 1080p wall/step ({base:.2f} s on the machine that ran it)."
-    )
+    full = next(r["full_frame_s"] for r in rows if r["size"] == "1080p")
+    print(f"\nwall/step is relative to the 1080p base grid's (naive) wall/step ({base:.2f} s on the machine that "
+          f"ran it), 'vs base grid' to the same size's; one full-frame 1080p pass took {full / base:.2f}× the "
+          "1080p base grid's step.")  # fmt: skip
+    print(f"\nProjection, not a measurement: FLOPs per step (cfg 1) for an {CLIP_FRAMES}-frame clip from the real "
+          f"configs' dims and layers, and time per step on one {GPU} at {100 * UTILISATION:.0f}% of its "
+          f"{GPU_TFLOPS:.0f} TFLOPS dense bf16 peak; cfg > 1 doubles both.\n")  # fmt: skip
+    print("| output | model | weighted PFLOP/step | shifted PFLOP/step | shifted / weighted | weighted s/step | "
+          "shifted s/step | shifted, 50 steps | full frame (one pass) PFLOP |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    rate = GPU_TFLOPS * 1e12 * UTILISATION
+    for r in projection():
+        print(
+            f"| {r['size']} | {r['model']} | {r['weighted'] / 1e15:.2f} | {r['shifted'] / 1e15:.2f} "
+            f"| {r['shifted'] / r['weighted']:.2f} | {r['weighted'] / rate:.1f} | {r['shifted'] / rate:.1f} "
+            f"| {RUN_STEPS * r['shifted'] / rate / 60:.1f} min | {r['full_frame'] / 1e15:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 POSITIVE = "a detailed, sharp, high resolution video"
 NEGATIVE = "blurry, low resolution, compression artifacts, oversmoothed, static"
 INPUT_CLIP = "patchvsr_example.mp4"
+# A step-distillation LoRA for Wan 2.1 T2V 1.3B as the artist saves it in models/loras (e.g. CausVid's).
+DISTILL_LORA = "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
 
 
 def build(graph: list[dict], object_info: dict, note: str) -> dict:
@@ -93,15 +95,18 @@ def loaders() -> list[dict]:
     ]  # fmt: skip
 
 
-def patchvsr_chain(src: dict, target: str, fps_link) -> list[dict]:
+def patchvsr_chain(
+    src: dict, target: str, fps_link, stitch: str = "weighted", sampler: dict | None = None, model=(1, 0)
+) -> list[dict]:
     """The five PatchVSR nodes after a source: src maps 'images' or 'latent' to (node, slot)."""
+    sampler = sampler or {"steps": 20, "cfg": 5.0, "t0": 0.3}
     return [
-        {"id": 20, "type": "PatchVSR_Partitioner", "pos": [760, 0], "widgets": {"target": target}, "links": {"model": (1, 0), **src}},
+        {"id": 20, "type": "PatchVSR_Partitioner", "pos": [760, 0], "widgets": {"target": target}, "links": {"model": model, **src}},
         {"id": 21, "type": "PatchVSR_UpscaleEncode", "pos": [1120, 0], "links": {"plan": (20, 0), "vae": (2, 0), **src}},
         {"id": 22, "type": "PatchVSR_GlobalContext", "pos": [1120, 220], "links": {"plan": (20, 0), "vae": (2, 0), **src}},
-        {"id": 23, "type": "PatchVSR_Stitcher", "pos": [1120, 470], "links": {"plan": (20, 0)}},
-        {"id": 24, "type": "PatchVSR_Sampler", "pos": [1480, 0], "size": [340, 420], "widgets": {"steps": 20, "cfg": 5.0, "t0": 0.3},
-         "links": {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent": (21, 0), "plan": (20, 0), "context": (22, 0), "stitcher": (23, 0)}},
+        {"id": 23, "type": "PatchVSR_Stitcher", "pos": [1120, 470], "widgets": {"mode": stitch}, "links": {"plan": (20, 0)}},
+        {"id": 24, "type": "PatchVSR_Sampler", "pos": [1480, 0], "size": [340, 420], "widgets": sampler,
+         "links": {"model": model, "positive": (4, 0), "negative": (5, 0), "latent": (21, 0), "plan": (20, 0), "context": (22, 0), "stitcher": (23, 0)}},
         {"id": 25, "type": "PatchVSR_Decode", "pos": [1860, 0], "links": {"samples": (24, 0), "vae": (2, 0)}},
         {"id": 26, "type": "CreateVideo", "pos": [2200, 0], "links": {"images": (25, 0), **fps_link}},
         {"id": 27, "type": "SaveVideo", "pos": [2200, 200], "widgets": {"filename_prefix": f"PatchVSR/{target}", "format": "mp4", "codec": "h264"}, "links": {"video": (26, 0)}},
@@ -114,6 +119,17 @@ def from_video(target: str) -> list[dict]:
         {"id": 10, "type": "LoadVideo", "pos": [380, 0], "widgets": {"file": INPUT_CLIP}},
         {"id": 11, "type": "GetVideoComponents", "pos": [380, 140], "links": {"video": (10, 0)}},
     ] + patchvsr_chain({"images": (11, 0)}, target, {"fps": (11, 2)})  # fmt: skip
+
+
+def fast_4k() -> list[dict]:
+    """4K in 6 steps at cfg 1 with a step-distillation LoRA through the core loader, shifted-grid stitch."""
+    few = {"steps": 6, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "t0": 0.3}
+    return loaders() + [
+        {"id": 6, "type": "LoraLoaderModelOnly", "pos": [20, 470], "title": "Step-distillation LoRA",
+         "widgets": {"lora_name": DISTILL_LORA, "strength_model": 1.0}, "links": {"model": (1, 0)}},
+        {"id": 10, "type": "LoadVideo", "pos": [380, 0], "widgets": {"file": INPUT_CLIP}},
+        {"id": 11, "type": "GetVideoComponents", "pos": [380, 140], "links": {"video": (10, 0)}},
+    ] + patchvsr_chain({"images": (11, 0)}, "4K", {"fps": (11, 2)}, stitch="shifted", sampler=few, model=(6, 0))  # fmt: skip
 
 
 def from_t2v() -> list[dict]:
@@ -140,6 +156,12 @@ NOTES = {
         "As the 2K workflow, with the 4K preset (3840x2160): 5x5 base patches plus bridges. Tiled encode and "
         "decode keep memory bounded; expect about 2.25x the 2K time."
     ),
+    "patchvsr_4k_fast.json": (
+        "## PatchVSR: video file to 4K, fast\n"
+        "The 4K workflow in 6 steps at cfg 1: pick a step-distillation LoRA for your Wan model in **Step-distillation "
+        "LoRA** (4-8 steps). The stitcher's 'shifted' mode runs one patch grid per step, its borders moved between "
+        "steps, and the paper's bridging patches on the last step only. At cfg 1 the negative prompt is not used."
+    ),
     "patchvsr_t2v_to_2k.json": (
         "## Wan T2V straight into PatchVSR\n"
         "The T2V sampler's latent goes to PatchVSR without a round trip through a video file. Upscale & Encode "
@@ -159,6 +181,7 @@ def main() -> None:
         "patchvsr_2k_from_video.json": from_video("2K"),
         "patchvsr_4k_from_video.json": from_video("4K"),
         "patchvsr_t2v_to_2k.json": from_t2v(),
+        "patchvsr_4k_fast.json": fast_4k(),
     }
     for name, graph in graphs.items():
         path = REPO / "workflows" / name

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .build_workflows import INPUT_CLIP
-from .tiny_models import DIT, VAE
+from .tiny_models import DISTILL_LORA_NAME, DIT, VAE
 from .workflow import override, replace, to_api
 
 
@@ -50,6 +50,8 @@ def tiny_prompt(
         w, h, n = t2v_size
         prompt = override(prompt, "EmptyHunyuanLatentVideo", width=w, height=h, length=n)
         prompt = override(prompt, "KSampler", steps=steps)
+    if "LoraLoaderModelOnly" in kinds:
+        prompt = override(prompt, "LoraLoaderModelOnly", lora_name=f"{DISTILL_LORA_NAME}.safetensors")
     if "LoadVideo" in kinds:
         prompt = override(prompt, "LoadVideo", file=INPUT_CLIP)
     return prompt

@@ -97,3 +97,21 @@ def test_reference_latent_conditioning_is_refused_by_name(server):
     prompt["7"]["inputs"]["negative"] = ["43", 0]
     msg = error_text(server.run(prompt))
     assert "negative: this conditioning carries reference latents" in msg, msg
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+def test_shifted_grid_runs_with_multistep_samplers(server, sampler):
+    """The shifted-grid stitch picks each evaluation's grid from its noise level: 2nd-order and multistep
+    samplers, cond and uncond rows in one batch (batch order probed inside the DiT), with and without the
+    adapter (whose location masks must cover the shifted boxes, which are not the plan's); its result is
+    not the weighted scheme's."""
+    out = {}
+    for adapter in (False, True):
+        for mode in ("shifted", "weighted"):
+            prompt = with_probe(graph(adapter=adapter, sampler=sampler, save=f"shift{sampler}{adapter}{mode}"), 1.0)
+            prompt["7"]["inputs"]["steps"] = 4
+            prompt["7"]["inputs"]["stitcher"] = ["40", 0]
+            prompt["40"] = {"class_type": "PatchVSR_Stitcher", "inputs": {"mode": mode, "blend_weight": 5.0}}
+            (out[adapter, mode],) = run_latent(server, prompt).values()
+        assert out[adapter, "shifted"].isfinite().all()
+        assert (out[adapter, "shifted"] - out[adapter, "weighted"]).abs().max() > 1e-4

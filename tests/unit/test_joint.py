@@ -9,7 +9,7 @@ from einops import rearrange
 from models.blend import StitchConfig, StitchMode, weight_maps
 from models.context import ContextConfig, anchor_low_frequency, global_lowpass, lowpass_sigma
 from models.flow import euler_sample, noise_to, velocity_from_x0, x0_from_velocity
-from models.joint import JointModulation, crop, patch_rows, patch_timesteps
+from models.joint import FusionSchedule, JointModulation, crop, patch_rows, patch_timesteps, step_index
 from models.plan import PlanConfig, make_plan
 
 TS = [0.9, 0.7, 0.45, 0.2, 0.05, 0.0]
@@ -17,7 +17,7 @@ TS = [0.9, 0.7, 0.45, 0.2, 0.05, 0.0]
 
 def sample(plan, stitch, x0_of_patch, z, batch=3, post=None):
     """Euler sampling where the 'model' predicts each patch's clean latent with x0_of_patch(patch)."""
-    jm = JointModulation.build(plan, stitch, batch)
+    schedule = FusionSchedule.build(plan, stitch, batch)
 
     def velocity(zt, t):
         def fn(xs, patches):
@@ -25,6 +25,7 @@ def sample(plan, stitch, x0_of_patch, z, batch=3, post=None):
             x0 = rearrange(torch.stack([x0_of_patch(p) for p in patches]), "k b ... -> (b k) ...")
             return velocity_from_x0(xs, x0, t)
 
+        jm = schedule.at(step_index(t, TS), len(TS) - 1)  # SHIFTED changes grids between steps
         return jm(zt, fn, post=post(t) if post else None)
 
     return euler_sample(z, TS, velocity)

@@ -140,9 +140,42 @@ class BlockProbe(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
+class RowCounter(io.ComfyNode):
+    """A clone whose block 0 appends the number of rows of every DiT call to a file in the output folder,
+    so a test can count the model evaluations a run made (cond and uncond rows included)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_RowCounter",
+            display_name="Row Counter (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to clone and count."),
+                io.String.Input("tag", default="rows", tooltip="File name (without .txt) in the output folder."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, tag) -> io.NodeOutput:
+        import folder_paths
+
+        path = f"{folder_paths.get_output_directory()}/{tag}.txt"
+
+        def count(args, extra):
+            with open(path, "a") as f:
+                f.write(f"{args['img'].shape[0]}\n")
+            return extra["original_block"](args)
+
+        patched = model.clone()
+        patched.set_model_patch_replace(count, "dit", "double_block", 0)
+        return io.NodeOutput(patched)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning, PoisonImages, RandomLatent, LatentStats, BlockProbe]
+        return [ZeroTextConditioning, PoisonImages, RandomLatent, LatentStats, BlockProbe, RowCounter]
 
 
 async def comfy_entrypoint():
