@@ -23,7 +23,7 @@ WRAPPER_KEY = "patchvsr"
 # Conditioning a T2V Wan can receive that is not a per-row tensor PatchVSR could cut into patches. The
 # sampler node refuses these before sampling (sampler.check_conditioning); the wrapper checks again, since
 # another extension can add conditioning after the node has looked.
-UNCUT_CONDITIONING = {
+UNCUT_MODEL_INPUTS = {
     "reference_latent": "a reference latent (reference-image nodes)",
     "context_latents": "in-context reference latents",
     "control": "a ControlNet's hints",
@@ -173,7 +173,7 @@ class PatchwiseDiffusion:
             raise ValueError(
                 "model: image or time-concat conditions reached PatchVSR's sampler; use a Wan T2V model and text conditioning."
             )
-        uncut = [what for name, what in UNCUT_CONDITIONING.items() if kwargs.get(name) is not None]
+        uncut = [what for name, what in UNCUT_MODEL_INPUTS.items() if kwargs.get(name) is not None]
         if uncut:
             raise ValueError(
                 f"positive/negative: {', '.join(uncut)} reached PatchVSR's sampler; it cannot be cut into patches. "

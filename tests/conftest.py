@@ -41,6 +41,18 @@ def server(tiny_models):
         yield srv
 
 
+@pytest.fixture(scope="module")
+def small_op_server(tiny_models):
+    """A second server with one torch thread, for long runs of many tiny-model calls (the sampler matrix):
+    there one thread is about three times faster than two on the 2-core machines."""
+    from harness.server import ComfyServer
+
+    base = WORK / "pytest-server-1thread"
+    shutil.rmtree(base, ignore_errors=True)
+    with ComfyServer(base, tiny_models, threads=1) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="session")
 def object_info(server) -> dict:
     return server.object_info()

@@ -56,7 +56,9 @@ def matrix_prompt(sampler: str, schedulers: list[str]) -> tuple[dict, dict]:
     return prompt, combos
 
 
-def test_every_sampler_and_scheduler_runs_finite(server, object_info):
+def test_every_sampler_and_scheduler_runs_finite(small_op_server):
+    server = small_op_server
+    object_info = server.object_info()
     samplers, schedulers = sampler_names(object_info), scheduler_names(object_info)
     assert "euler" in samplers and "uni_pc" in samplers and "simple" in schedulers
     failures, tried = [], 0
