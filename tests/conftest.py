@@ -44,7 +44,7 @@ def server(tiny_models):
 @pytest.fixture(scope="module")
 def small_op_server(tiny_models):
     """A second server with one torch thread, for long runs of many tiny-model calls (the sampler matrix):
-    there one thread is about three times faster than two on the 2-core machines."""
+    there one thread is faster than two on the 2-core machines (see ComfyServer's `threads`)."""
     from harness.server import ComfyServer
 
     base = WORK / "pytest-server-1thread"
