@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 from einops import rearrange
+from harness.fusion_proxies import seam_score
 
 from models.blend import StitchConfig, StitchMode, weight_maps
 from models.context import ContextConfig, anchor_low_frequency, global_lowpass, lowpass_sigma
@@ -82,19 +83,6 @@ def _setup():
         return crop(target, *p) + 0.5 * torch.randn(1, 4, 1, 1, 1, generator=g)
 
     return plan, target, hallucinating
-
-
-def seam_score(plan, x):
-    """Gradient energy on every patch border over the gradient energy elsewhere."""
-    _, H, W = plan.latent_shape
-    gx = (x[..., 1:] - x[..., :-1]).pow(2).mean(dim=(0, 1, 2))  # H W-1
-    gy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(0, 1, 2))  # H-1 W
-    bx, by = torch.zeros(W - 1, dtype=torch.bool), torch.zeros(H - 1, dtype=torch.bool)
-    bx[[e - 1 for b in plan.boxes for e in (b.x0, b.x1) if 0 < e < W]] = True
-    by[[e - 1 for b in plan.boxes for e in (b.y0, b.y1) if 0 < e < H]] = True
-    border = torch.cat([gx[:, bx].flatten(), gy[by, :].flatten()]).mean()
-    inner = torch.cat([gx[:, ~bx].flatten(), gy[~by, :].flatten()]).mean()
-    return (border / inner).item()
 
 
 def intersection_contrast(plan, err):
