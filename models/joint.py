@@ -182,12 +182,3 @@ class FusionSchedule:
         if not self.grids or step >= steps - self.full.stitch.weighted_tail:
             return self.full
         return self.grids[step % len(self.grids)]
-
-    @property
-    def max_batches(self) -> int:
-        """DiT calls of the costliest step (progress bars size themselves on it)."""
-        return len(self.full.batches)
-
-    def batches_per_run(self, steps: int) -> int:
-        """DiT calls over a run of `steps` steps with one model evaluation per step."""
-        return sum(len(self.at(i, steps).batches) for i in range(steps))
