@@ -163,7 +163,7 @@ class PatchPartitioner(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, target=None, window_frames=None):
         checked = widget_errors(cls, target=target, window_frames=window_frames)
-        if checked is True and window_frames is not None:
+        if checked is True and isinstance(window_frames, int):
             return frames_error("window_frames", window_frames, "the model's native length") or True
         return checked
 
