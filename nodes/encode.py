@@ -128,7 +128,8 @@ def decode_tiled(
         )
     if overlap_px * 2 > tile_px:
         raise ValueError(
-            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}."
+            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}, "
+            f"or raise tile_px to {overlap_px * 2}."
         )
     if temporal_overlap * 2 > temporal_frames:
         raise ValueError(
