@@ -336,12 +336,12 @@ def test_trainer_data_folder_without_clips_or_with_damaged_clip(server, matrix, 
 
 
 def test_mismatched_plans_latents_contexts_and_adapters(server, object_info, matrix):
-    base = small(object_info)
+    base = cheap(object_info)
     part, sampler = node_id(base, PACK + "Partitioner"), node_id(base, PACK + "Sampler")
     ctx = node_id(base, PACK + "GlobalContext")
     # A second plan (another scale) given to one node only.
     other = copy.deepcopy(base[part])
-    other["inputs"]["scale"] = 3.0
+    other["inputs"]["scale"] = 2.0
     cases = []
     for victim, name, words in (
         (sampler, "plan", "latent: shape"),
