@@ -212,8 +212,8 @@ class PatchwiseDiffusion:
 
     @staticmethod
     def _check_finite(out: torch.Tensor, what: str) -> None:
-        # Only the first evaluation: a model that blows up does so at once (far out of scale weights),
-        # and one check per run costs nothing, where a check per batch would sync the GPU every call.
+        # Only in the first evaluation: a model that blows up does so at once (far out of scale weights),
+        # and a check syncs the GPU, which one evaluation's patch batches can afford and every call cannot.
         if not torch.isfinite(out).all():
             bad = int((~torch.isfinite(out)).sum())
             raise NonFiniteEvaluation(f"the first model evaluation gave {bad} NaN or infinite values (in a {what})")

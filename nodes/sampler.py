@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import comfy.lora
 import comfy.lora_convert
 import comfy.sample
@@ -101,7 +103,7 @@ def load_lora(model, lora_name: str, strength: float):
         raise ValueError(f"lora_name: '{lora_name}' is not in the loras folder. Pick another or '{NO_LORA}'.")
     try:
         lora = comfy.utils.load_torch_file(path, safe_load=True)
-    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as e:  # what the readers raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(
             f"lora_name: '{lora_name}' cannot be read as a LoRA ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             f"The file is empty, cut short or not a safetensors file: re-download it, or pick '{NO_LORA}'."
