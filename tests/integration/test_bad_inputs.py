@@ -321,16 +321,16 @@ def test_missing_files_are_refused_at_queue_time(server, object_info, matrix):
     good_run(matrix, server, object_info)
 
 
-def test_trainer_data_folder_without_clips_or_with_damaged_clip(server, matrix, tmp_path_factory):
+def test_trainer_data_folder_without_clips_or_with_damaged_clip(server, matrix):
     empty = server.base_dir / "train_empty"
     empty.mkdir(exist_ok=True)
     damaged = server.base_dir / "train_damaged"
     damaged.mkdir(exist_ok=True)
     (damaged / "clip.mp4").write_bytes((matrix["data"] / "clip.mp4").read_bytes()[:200])
-    for folder in (empty, damaged):
+    for folder, words in ((empty, "data_folder: no videos"), (damaged, "none of the 1 clips in")):
         result = server.run(trainer_prompt(folder, adapter_name=f"bad_{folder.name}"))
         msg = error_text(result)
-        assert folder.name in msg or "data" in msg, msg
+        assert words in msg and folder.name in msg, msg
         assert not list((server.base_dir / "models" / "patchvsr").glob(f"bad_{folder.name}.safetensors"))
         count(matrix, server, f"trainer data {folder.name}")
 
