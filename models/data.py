@@ -24,17 +24,18 @@ class Clip:
     caption: str  # sidecar <name>.txt, or "" (the fixed prompt is used then)
 
 
-def find_clips(folder: Path) -> list[Clip]:
+def find_clips(folder: Path, name: str = "data") -> list[Clip]:
+    """The clips of `folder`; `name` is the input that gave it, for the errors (the trainer node's data_folder)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"data: '{folder}' is not a folder of videos and images.")
+        raise ValueError(f"{name}: '{folder}' is not a folder of videos and images.")
     clips = []
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() in VIDEO_EXT | IMAGE_EXT:
             txt = p.with_suffix(".txt")
             clips.append(Clip(p, txt.read_text().strip() if txt.exists() else ""))
     if not clips:
-        raise ValueError(f"data: no videos ({sorted(VIDEO_EXT)}) or images ({sorted(IMAGE_EXT)}) in '{folder}'.")
+        raise ValueError(f"{name}: no videos ({sorted(VIDEO_EXT)}) or images ({sorted(IMAGE_EXT)}) in '{folder}'.")
     return clips
 
 

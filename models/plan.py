@@ -139,8 +139,10 @@ def _windows(total: int, length: int, min_overlap: int) -> list[Window]:
     """Temporal windows of `length` frames spread evenly over `total`, overlapping by >= `min_overlap`."""
     if total <= length:
         return [Window(0, total)]
-    stride = length - min_overlap
-    assert stride > 0, f"window of {length} latent frames cannot overlap by {min_overlap}"
+    # Windows of 1 or 2 latent frames (1 or 5 pixel frames, valid Wan lengths) cannot share 2 frames: they
+    # share what they can (a 1-frame window none: its frames are denoised independently).
+    stride = length - min(min_overlap, length - 1)
+    assert stride > 0, f"window of {length} latent frames cannot advance"
     n = math.ceil((total - length) / stride) + 1
     starts = [round(k * (total - length) / (n - 1)) for k in range(n)]
     return [Window(s, s + length) for s in starts]
@@ -246,7 +248,9 @@ def target_hw(lr_hw: tuple[int, int], preset: str, scale: float, keep_aspect: bo
         return max(stride, int(round(v / stride)) * stride)
 
     if preset == "scale":
-        return snap(h * scale), snap(w * scale)
+        # An upscale never shrinks: rounding to the stride goes up where rounding to the nearest would fall
+        # below the input (scale 1.0 on a 100 px side gives 104, not 96).
+        return tuple(max(snap(v * scale), math.ceil(v / stride) * stride) for v in (h, w))
     ph, pw = PRESETS[preset]
     if h > w:
         ph, pw = pw, ph

@@ -14,6 +14,7 @@ from ..models.adapter import AdapterConfig
 from ..models.adapter_file import load_adapter
 from .host import compute_dtype, model_family, real_weight
 from .sockets import CATEGORY, AdapterType
+from .validate import widget_errors
 
 FOLDER = "patchvsr"
 
@@ -79,6 +80,10 @@ class AdapterLoader(io.ComfyNode):
             ],
             outputs=[AdapterType.Output(display_name="adapter", tooltip="Connect to PatchVSR Sampler.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, adapter_name=None):
+        return widget_errors(cls, adapter_name=adapter_name)
 
     @classmethod
     def execute(cls, model, adapter_name) -> io.NodeOutput:

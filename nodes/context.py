@@ -27,7 +27,7 @@ class GlobalContext:
 def encode_context(plan, vae, images, latent, strength: float, noise_t: float, seed: int) -> GlobalContext:
     g = plan.geometry
     check_vae(vae, FAMILIES[g.latent_channels])
-    check_lr_input(plan, images, latent)
+    images = check_lr_input(plan, images, latent)
     ph, pw = g.patch_hw
     s = g.spatial_stride
     if images is not None:

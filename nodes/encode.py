@@ -6,16 +6,18 @@ import torch
 from comfy_api.latest import io
 
 from ..models.video import encode_upscaled_tiled, resize_latent
-from .host import FAMILIES, Progress, check_finite, check_vae, vae_encode
+from .host import FAMILIES, Progress, as_rgb, check_finite, check_vae, vae_encode
 from .sockets import CATEGORY, PatchPlanType
+from .validate import widget_errors
 
 
-def check_lr_input(plan, images, latent) -> None:
-    """The video given here must be the one the plan was made from."""
+def check_lr_input(plan, images, latent) -> torch.Tensor | None:
+    """The video given here must be the one the plan was made from; returns the frames as RGB (or None)."""
     g = plan.geometry
     if (images is None) == (latent is None):
         raise ValueError("images / latent: connect exactly one, the same video that went into the partitioner.")
     if images is not None:
+        images = as_rgb(images, "images")
         got = (images.shape[0], images.shape[1], images.shape[2])
         want = (g.frames, *g.lr_hw)
         if got != want:
@@ -33,6 +35,7 @@ def check_lr_input(plan, images, latent) -> None:
                 f"latent: shape {list(x.shape)}, but the plan was made for {want}. Connect the same latent to the partitioner."
             )
         check_finite(x, "latent")
+    return images
 
 
 def decode_frames(vae, latent: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,7 @@ def decode_frames(vae, latent: torch.Tensor) -> torch.Tensor:
 def upscale_encode(plan, vae, images, latent, latent_mode: str, tile_px: int) -> dict:
     g = plan.geometry
     check_vae(vae, FAMILIES[g.latent_channels])
-    check_lr_input(plan, images, latent)
+    images = check_lr_input(plan, images, latent)
     s = g.spatial_stride
     _, H, W = plan.latent_shape
     if latent is not None and latent_mode == "latent bicubic":
@@ -105,6 +108,10 @@ class UpscaleEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, latent_mode=None):
+        return widget_errors(cls, latent_mode=latent_mode)
+
+    @classmethod
     def execute(cls, plan, vae, latent_mode, tile_px, images=None, latent=None) -> io.NodeOutput:
         return io.NodeOutput(upscale_encode(plan, vae, images, latent, latent_mode, tile_px))
 
@@ -121,7 +128,8 @@ def decode_tiled(
         )
     if overlap_px * 2 > tile_px:
         raise ValueError(
-            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}."
+            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}, "
+            f"or raise tile_px to {overlap_px * 2}."
         )
     if temporal_overlap * 2 > temporal_frames:
         raise ValueError(

@@ -90,6 +90,21 @@ def check_frames(n: int, name: str) -> None:
         )
 
 
+def as_rgb(images: torch.Tensor, name: str) -> torch.Tensor:
+    """[N, H, W, C] IMAGE frames as RGB: alpha dropped (Wan's VAE has no alpha), grey repeated to 3 channels."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{name}: expected IMAGE frames [N, H, W, 3] (grey, RGB or RGBA), got shape {list(images.shape)}. "
+            "Connect the frames of a video loader (Get Video Components, Load Video)."
+        )
+    c = images.shape[-1]
+    if c == 3:
+        return images
+    if c == 4:
+        return images[..., :3]
+    return images[..., :1].expand(*images.shape[:3], 3)  # grey, or grey + alpha
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()

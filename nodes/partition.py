@@ -8,8 +8,9 @@ from comfy_api.latest import io
 from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target_hw
 from ..models.preview import draw_plan
 from ..models.video import resize_frames
-from .host import check_finite, check_frames, model_family
+from .host import as_rgb, check_finite, check_frames, model_family
 from .sockets import CATEGORY, PatchPlanType
+from .validate import frames_error, widget_errors
 
 PREVIEW_LONG_SIDE = 1024
 
@@ -21,6 +22,7 @@ def lr_video(images, latent, family) -> tuple[tuple[int, int], int, torch.Tensor
             "images / latent: connect exactly one: the LR video as IMAGE frames, or the LATENT of a Wan sampler."
         )
     if images is not None:
+        images = as_rgb(images, "images")
         check_finite(images, "images")
         check_frames(images.shape[0], "images")
         return (images.shape[1], images.shape[2]), images.shape[0], images[0]
@@ -51,18 +53,26 @@ def partition(model, images, latent, target, scale, keep_aspect, patch_width, pa
         )
     ph = patch_height or family.native_hw[0]
     pw = patch_width or family.native_hw[1]
+    cell = 2 * s  # a patch side is a whole number of DiT tokens (2 latent cells)
     for name, v, limit in (("patch_height", ph, out_hw[0]), ("patch_width", pw, out_hw[1])):
-        if v % (2 * s):
+        if v % cell:
             raise ValueError(
-                f"{name}: {v} px is not a multiple of {2 * s} (two latent cells of {family.name}). Use {v // (2 * s) * 2 * s or 2 * s}."
+                f"{name}: {v} px is not a multiple of {cell} (two latent cells of {family.name}). Use {v // cell * cell or cell}."
             )
         if v > limit:
-            raise ValueError(
-                f"{name}: {v} px is larger than the target's {limit} px. Lower {name} to at most {limit} "
-                "or raise the target size; a patch cannot be larger than the frame."
+            # Only a size that is itself a multiple of the token cell is a possible fix.
+            fix = (
+                f"Lower {name} to at most {limit // cell * cell} or raise the target size"
+                if limit >= cell
+                else f"The target is smaller than the smallest patch ({cell} px): raise the scale or pick a preset"
             )
+            raise ValueError(
+                f"{name}: {v} px is larger than the target's {limit} px. {fix}; a patch cannot be larger than the frame."
+            )
+    message = frames_error("window_frames", window_frames, f"the model's {family.native_frames}")
+    if message:
+        raise ValueError(message)
     wf = window_frames or family.native_frames
-    check_frames(wf, "window_frames")
     geometry = Geometry(family.name, family.latent_channels, s, lr_hw, out_hw, (ph, pw), frames)
     cfg = PlanConfig((latent_frames(frames), out_hw[0] // s, out_hw[1] // s), (ph // s, pw // s), latent_frames(wf))
     plan = make_plan(cfg, geometry=geometry)
@@ -128,12 +138,14 @@ class PatchPartitioner(io.ComfyNode):
                     step=16,
                     tooltip="Patch height in pixels; 0 = the model's native height (480 for Wan 2.1).",
                 ),
+                # Step 1: the frontend snaps a typed value to a multiple of the step, so a step of 4 made 81
+                # (Wan 2.1's native length) impossible to enter; values not 1 + 4k are refused at queue time.
                 io.Int.Input(
                     "window_frames",
                     default=0,
                     min=0,
                     max=1025,
-                    step=4,
+                    step=1,
                     tooltip="Frames per temporal window (1 + 4k); 0 = the model's native length (81 for Wan 2.1). Longer clips are split into overlapping windows.",
                 ),
             ],
@@ -147,6 +159,13 @@ class PatchPartitioner(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, target=None, window_frames=None):
+        checked = widget_errors(cls, target=target, window_frames=window_frames)
+        if checked is True and isinstance(window_frames, int):
+            return frames_error("window_frames", window_frames, "the model's native length") or True
+        return checked
 
     @classmethod
     def execute(

@@ -30,6 +30,10 @@ UNCUT_MODEL_INPUTS = {
 }
 
 
+class NonFiniteEvaluation(ValueError):
+    """The first model evaluation of a run gave NaN or infinite values (the sampler names the suspect input)."""
+
+
 class AdapterInputs:
     """What a trained adapter reads per patch: the LR patch latent noised to its t (fixed noise, so every
     step sees the same condition), the global latent with the patch's location mask, micro-conditions.
@@ -102,6 +106,7 @@ class PatchwiseDiffusion:
         self.done = [0, len(self.jm.batches)]  # DiT calls done by the end of each step, from set_sigmas
         self.step_ceiling = self.done[1]  # progress never runs ahead of the sampler's step count
         self._global_lp = None
+        self.evaluations = 0  # model evaluations finished; the first one is checked for non-finite values
 
     def set_sigmas(self, sigmas: torch.Tensor) -> int:
         """The run's noise levels (steps + 1), which tell each model evaluation its step; returns the
@@ -194,10 +199,24 @@ class PatchwiseDiffusion:
             extra = {name: patch_rows(v, patches, batch, thw) for name, v in kwargs.items()}
             t = patch_timesteps(timestep, patches, thw[0])
             out = executor(xs, t, context.repeat_interleave(k, dim=0), None, None, opts, *args, **extra)
+            if self.evaluations == 0:
+                self._check_finite(out, f"patch batch of {k} patches")
             self.progress.tick(1, self.step_ceiling - 1)
             return out
 
-        return self._joint(float(sigmas[0]), transformer_options)(x, run, post=self._anchor(x, sigmas))
+        out = self._joint(float(sigmas[0]), transformer_options)(x, run, post=self._anchor(x, sigmas))
+        if self.evaluations == 0:
+            self._check_finite(out, "fused prediction")
+        self.evaluations += 1
+        return out
+
+    @staticmethod
+    def _check_finite(out: torch.Tensor, what: str) -> None:
+        # Only in the first evaluation: a model that blows up does so at once (far out of scale weights),
+        # and a check syncs the GPU, which one evaluation's patch batches can afford and every call cannot.
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).sum())
+            raise NonFiniteEvaluation(f"the first model evaluation gave {bad} NaN or infinite values (in a {what})")
 
 
 def attach(

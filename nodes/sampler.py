@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+
+import comfy.lora
+import comfy.lora_convert
 import comfy.sample
 import comfy.samplers
 import comfy.sd
@@ -9,13 +13,15 @@ import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
+from safetensors import SafetensorError
 
 from ..models.blend import StitchConfig
 from ..models.flow import sigmas_from_t0
 from .adapter import base_dims
 from .host import Progress, check_finite, model_family
-from .patchwise import attach
+from .patchwise import NonFiniteEvaluation, attach
 from .sockets import CATEGORY, AdapterType, GlobalContextType, PatchPlanType, StitcherType
+from .validate import widget_errors
 
 NO_LORA = "None"
 
@@ -95,9 +101,43 @@ def load_lora(model, lora_name: str, strength: float):
     path = folder_paths.get_full_path("loras", lora_name)
     if path is None:
         raise ValueError(f"lora_name: '{lora_name}' is not in the loras folder. Pick another or '{NO_LORA}'.")
-    lora = comfy.utils.load_torch_file(path, safe_load=True)
+    try:
+        lora = comfy.utils.load_torch_file(path, safe_load=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(
+            f"lora_name: '{lora_name}' cannot be read as a LoRA ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"The file is empty, cut short or not a safetensors file: re-download it, or pick '{NO_LORA}'."
+        ) from e
+    check_lora_matches(model, lora, lora_name)
     patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0.0)
     return patched
+
+
+# Suffixes of a LoRA file's keys after the module name, in ComfyUI's accepted formats; what remains of a key
+# is the module it patches, so the file's module count can be set against the weights it matched.
+LORA_KEY_SUFFIXES = (
+    ".lora_up.weight", ".lora_down.weight", ".lora_mid.weight", ".lora_A.weight", ".lora_B.weight",
+    ".lora.up.weight", ".lora.down.weight", "_lora.up.weight", "_lora.down.weight", ".alpha", ".diff", ".diff_b",
+    ".set_weight", ".dora_scale", ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".lokr_w1", ".lokr_w2",
+    ".oft_blocks", ".reshape_weight",
+)  # fmt: skip
+
+
+def check_lora_matches(model, lora: dict, lora_name: str) -> None:
+    """Refuses a LoRA file that patches none, or less than half, of the modules it holds on this model: a
+    LoRA for another model family (or a file that is no LoRA) would otherwise do nothing, silently."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    matched = len(comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False))
+    modules = set()
+    for key in lora:
+        modules.add(next((key[: -len(x)] for x in LORA_KEY_SUFFIXES if key.endswith(x)), key))
+    if matched == 0 or matched * 2 < len(modules):
+        family = model_family(model).name
+        raise ValueError(
+            f"lora_name: '{lora_name}' patches {matched} weights of this {family} model, but holds {len(modules)} "
+            f"modules ({len(lora)} tensors): it is a LoRA for another model (or not a LoRA at all). Pick a LoRA "
+            f"trained on this Wan model, or '{NO_LORA}'."
+        )
 
 
 def sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength, seed, steps, cfg,
@@ -124,10 +164,23 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
     def callback(step, x0, xt, total):
         wrapper.on_step(step)
 
-    out = comfy.sample.sample_custom(
-        patched, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, x,
-        callback=callback, disable_pbar=True, seed=seed % SAMPLER_SEED_RANGE,
-    )  # fmt: skip
+    try:
+        out = comfy.sample.sample_custom(
+            patched, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, x,
+            callback=callback, disable_pbar=True, seed=seed % SAMPLER_SEED_RANGE,
+        )  # fmt: skip
+    except NonFiniteEvaluation as e:
+        # Stopped at the first step instead of after the whole run: name what most likely blew up.
+        if adapter is not None:
+            suspect = f"adapter: '{adapter.name}'"
+            fix = "Its weights are far out of scale (a diverged or damaged training): retrain it or use another"
+        elif lora_name != NO_LORA and lora_strength != 0.0:
+            suspect = f"lora_name: '{lora_name}' at strength {lora_strength}"
+            fix = "Lower lora_strength or pick another LoRA"
+        else:
+            suspect = "model"
+            fix = "Check the model file and the latent (lower cfg if it is very high)"
+        raise ValueError(f"{suspect}: {e}; sampling stopped at step 1 of {steps}. {fix}.") from e
     check_finite(out, "the sampler's output (lower cfg or check the model)")
     return {"samples": out.to(torch.float32)}
 
@@ -215,6 +268,10 @@ class PatchSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The full-size denoised latent.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name=None, sampler_name=None, scheduler=None):
+        return widget_errors(cls, lora_name=lora_name, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
     def execute(cls, model, positive, negative, latent, plan, lora_name, lora_strength, seed, steps, cfg, sampler_name,

@@ -9,6 +9,7 @@ from ..models.blend import StitchConfig, StitchMode, weight_maps
 from ..models.plan import PlanConfig, make_plan
 from ..models.preview import weight_picture
 from .sockets import CATEGORY, PatchPlanType, StitcherType
+from .validate import widget_errors
 
 # Shown when no plan is connected: a 3x3 grid of 32-cell patches.
 EXAMPLE_PLAN = PlanConfig((1, 96, 96), (32, 32), 1)
@@ -65,6 +66,10 @@ class LatentStitcher(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, mode=None):
+        return widget_errors(cls, mode=mode)
 
     @classmethod
     def execute(cls, mode, blend_weight, plan=None) -> io.NodeOutput:

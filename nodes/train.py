@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models.adapter import plain_copy
+from ..models.data import find_clips
 from ..models.train import TrainConfig, check_name, run_folder, train
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight, training_mode
@@ -195,6 +196,7 @@ class AdapterTrainer(io.ComfyNode):
                 raise ValueError(f"{lo_name}: {lo} is above {hi_name} {hi}. Set {lo_name} <= {hi_name}.")
         if not data_folder or not os.path.isdir(data_folder):
             raise ValueError(f"data_folder: '{data_folder}' is not a folder. Give the path of a folder of HR videos.")
+        find_clips(data_folder, "data_folder")  # an empty folder is refused before the model is copied
         name = check_name(adapter_name, "adapter_name")
         register_folder()
         out_dir = folder_paths.get_folder_paths(FOLDER)[0]

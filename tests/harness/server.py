@@ -173,6 +173,11 @@ class ComfyServer:
     def interrupt(self) -> None:
         requests.post(self.url + "/interrupt", timeout=30).raise_for_status()
 
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Removes prompts still waiting in the queue (every waiting one when `prompt_ids` is empty)."""
+        body = {"delete": prompt_ids} if prompt_ids else {"clear": True}
+        requests.post(self.url + "/queue", json=body, timeout=30).raise_for_status()
+
     def submit(self, prompt: dict) -> tuple[str | None, dict]:
         """POST /prompt: (prompt_id, body). A rejected prompt gives (None, body with node_errors)."""
         r = requests.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=60)

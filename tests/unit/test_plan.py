@@ -40,7 +40,24 @@ def test_frame_counts():
     "lr,preset,scale,keep,want",
     [((480, 832), "2K", 1, True, (1440, 2496)), ((720, 1280), "4K", 1, True, (2160, 3840)),
      ((480, 832), "2K", 1, False, (1440, 2560)), ((832, 480), "2K", 1, False, (2560, 1440)),
-     ((480, 832), "scale", 2.5, True, (1200, 2080))],
+     ((480, 832), "scale", 2.5, True, (1200, 2080)), ((100, 99), "scale", 1.0, True, (112, 112)),
+     ((100, 180), "scale", 1.0, True, (112, 192)), ((99, 57), "scale", 1.25, True, (128, 64))],
 )  # fmt: skip
 def test_target_sizes(lr, preset, scale, keep, want):
     assert target_hw(lr, preset, scale, keep, 16) == want
+
+
+@pytest.mark.parametrize("pixel_window", [1, 5, 9])
+def test_short_windows_cover_a_long_clip(pixel_window):
+    """Windows of 1 or 2 latent frames (1 or 5 pixel frames) cannot share 2 frames; they share what they can."""
+    plan = make_plan(PlanConfig((21, 8, 8), (8, 8), latent_frames(pixel_window)))  # asserts coverage itself
+    n = latent_frames(pixel_window)
+    assert all(w.length == n for w in plan.windows)
+    shared = [a.t1 - b.t0 for a, b in zip(plan.windows, plan.windows[1:])]
+    assert min(shared) >= min(2, n - 1), shared
+
+
+def test_scale_never_shrinks_the_input():
+    for h in range(16, 200, 3):
+        th, tw = target_hw((h, h + 5), "scale", 1.0, True, 8)
+        assert th >= h and tw >= h + 5 and th % 8 == 0 and tw % 8 == 0

@@ -52,6 +52,30 @@ class PoisonImages(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+class Channels(io.ComfyNode):
+    """The frames with 1 (grey), 2 (grey + alpha), 3 or 4 (RGBA) channels, as other packs' loaders give them."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_Channels",
+            display_name="Channels (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Image.Input("images", tooltip="RGB frames."),
+                io.Int.Input("channels", default=4, min=1, max=4, tooltip="Channels of the output frames."),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, images, channels) -> io.NodeOutput:
+        grey = images.mean(-1, keepdim=True)
+        alpha = torch.full_like(grey, 0.5)
+        parts = {1: [grey], 2: [grey, alpha], 3: [images], 4: [images, alpha]}[channels]
+        return io.NodeOutput(torch.cat(parts, -1))
+
+
 class RandomLatent(io.ComfyNode):
     """A seeded random video latent of any channel count: the 48-channel Wan 2.2 tests have no VAE (its
     hard-coded width makes even a random one 2.8 GB)."""
@@ -175,7 +199,7 @@ class RowCounter(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning, PoisonImages, RandomLatent, LatentStats, BlockProbe, RowCounter]
+        return [ZeroTextConditioning, PoisonImages, Channels, RandomLatent, LatentStats, BlockProbe, RowCounter]
 
 
 async def comfy_entrypoint():
