@@ -14,17 +14,16 @@ from dataclasses import dataclass
 FP32_BYTES = 4  # ComfyUI's samplers keep the latent, noise and predictions in float32
 
 # Full-size latents alive on the device while a model evaluation runs through the patch-wise wrapper, in
-# float32 copies of the whole latent of one row, counted from ComfyUI's sampling path (sample_custom ->
-# CFGGuider.outer_sample / inner_sample -> KSAMPLER -> k-diffusion -> calc_cond_batch -> apply_model):
-# 1. held for the whole run: the device copies of noise and start latent, the latent in model space,
-#    the sampler's x, its last denoised and derivative, a multistep sampler's history (7);
-SAMPLER_STATE = 7
-# 2. per conditioning (positive, and negative at cfg != 1): calc_cond_batch's running sum and count (2);
-PER_COND = 2
-# 3. per row of the model call (one per conditioning when ComfyUI batches them together): the batched
-#    input, the model's scaled input and its compute-dtype copy, the wrapper's accumulator, the fused
-#    prediction and its float copy, the denoised output (5, counting the half-size copies as half).
-PER_ROW = 5
+# float32 copies of the whole latent of one row. Measured with ComfyUI's own sampling path on the CPU
+# (tests/benchmarks/sampler_memory.py: 15.1 copies at cfg 1, 19.0 at cfg 2, euler), then moved to a GPU:
+# 1. for the whole run: the sampler's noise, start latent, latent in model space, x, its last denoised
+#    and derivative, ... (11.1 measured), plus the device copy of the start latent that a CPU run shares
+#    with its input (1) and a multistep sampler's history (1);
+SAMPLER_STATE = 13
+# 2. per conditioning (positive, and negative at cfg != 1): calc_cond_batch's running sum and count, the
+#    model's input, the wrapper's accumulator and fused prediction (3.9 measured), plus the half-size copy
+#    in the compute dtype that a float32 CPU run does not make (0.5), rounded up.
+PER_COND = 5
 # The training-free global context keeps its low-passed global latent at full size (one row).
 CONTEXT = 1
 # ComfyUI batches cond and uncond rows in one call only when the call needs less than 1/1.5 of the free
@@ -35,14 +34,14 @@ HEADROOM = 1.5
 def sampler_frames(conds: int, context: bool) -> int:
     """Full-size float32 latents (of one row) the sampler keeps on the device while sampling."""
     assert conds in (1, 2), f"a PatchVSR run has 1 (cfg 1) or 2 conditionings, got {conds}"
-    return SAMPLER_STATE + PER_COND * conds + PER_ROW * conds + (CONTEXT if context else 0)
+    return SAMPLER_STATE + PER_COND * conds + (CONTEXT if context else 0)
 
 
 def sampler_bytes(latent_shape: Sequence[int], conds: int, context: bool) -> int:
     """Bytes of the full-size latents ComfyUI's sampler keeps while the DiT runs patch batches.
 
     latent_shape: [C, T, H, W] of the full-size latent (one row). Linear in frames: a 4K clip of 81 frames
-    (16 x 21 x 270 x 480) keeps 174 MB per copy, 2.4 GB at cfg 1 and 3.8 GB at cfg > 1 with the
+    (16 x 21 x 270 x 480) keeps 174 MB per copy, 3.1 GB at cfg 1 and 4.2 GB at cfg > 1 with the
     global context.
     """
     return sampler_frames(conds, context) * math.prod(latent_shape) * FP32_BYTES

@@ -19,11 +19,12 @@ def comfy_estimate(shape):
 
 
 def test_full_size_latents_at_4k():
-    # One float32 copy of a 4K, 81-frame latent is 174 MB; the sampler keeps 14 (cfg 1) to 22 (cfg > 1 with
+    # One float32 copy of a 4K, 81-frame latent is 174 MB; the sampler keeps 18 (cfg 1) to 24 (cfg > 1 with
     # the global context) of them, which ComfyUI did not count before.
-    assert sampler_bytes(LATENT_4K, 1, False) == pytest.approx(2.44 * GB, rel=0.01)
-    assert sampler_bytes(LATENT_4K, 2, True) == pytest.approx(3.83 * GB, rel=0.01)
-    assert sampler_frames(2, False) - sampler_frames(1, False) == 7  # a cond's sum and count, a row of the call
+    assert sampler_bytes(LATENT_4K, 1, False) == pytest.approx(3.13 * GB, rel=0.01)
+    assert sampler_bytes(LATENT_4K, 2, True) == pytest.approx(4.18 * GB, rel=0.01)
+    # At least what tests/benchmarks/sampler_memory.py measured on the CPU (15.1 and 19.0 copies, euler).
+    assert sampler_frames(1, False) >= 15.1 and sampler_frames(2, False) >= 19.0
 
 
 def test_full_size_latents_grow_linearly_in_frames():
