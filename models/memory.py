@@ -15,10 +15,11 @@ FP32_BYTES = 4  # ComfyUI's samplers keep the latent, noise and predictions in f
 
 # Full-size latents alive on the device while a model evaluation runs through the patch-wise wrapper, in
 # float32 copies of the whole latent of one row. Measured with ComfyUI's own sampling path on the CPU
-# (tests/benchmarks/sampler_memory.py: 15.1 copies at cfg 1, 19.0 at cfg 2, euler), then moved to a GPU:
+# (tests/benchmarks/sampler_memory.py: 15.1 copies at cfg 1, 19.0 at cfg 2 with euler; 13.9 and 18.8
+# with dpmpp_2m), then moved to a GPU:
 # 1. for the whole run: the sampler's noise, start latent, latent in model space, x, its last denoised
 #    and derivative, ... (11.1 measured), plus the device copy of the start latent that a CPU run shares
-#    with its input (1) and a multistep sampler's history (1);
+#    with its input (1) and one copy of margin for samplers that keep more history (1);
 SAMPLER_STATE = 13
 # 2. per conditioning (positive, and negative at cfg != 1): calc_cond_batch's running sum and count, the
 #    model's input, the wrapper's accumulator and fused prediction (3.9 measured), plus the half-size copy
