@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 
 from .blend import Accumulator, StitchConfig, StitchMode, patch_list, weight_volume
+from .memory import BatchSizer
 from .plan import Box, PatchPlan, Window, shifted_grid
 
 Patch = tuple[Window, Box]
@@ -58,12 +59,17 @@ def patch_timesteps(timestep: torch.Tensor, patches: Sequence[Patch], latent_fra
     )
 
 
-def _group(pairs: Sequence[Patch], batch_size: int) -> tuple[tuple[Patch, ...], ...]:
-    """DiT batches: only patches of one shape can share one; grouping keeps the order inside a group."""
+def _group(pairs: Sequence[Patch], batch_size: int | None) -> tuple[tuple[Patch, ...], ...]:
+    """DiT batches: only patches of one shape can share one; grouping keeps the order inside a group.
+    batch_size None: one batch per shape (a BatchSizer splits it at run time)."""
     groups: dict[tuple[int, int, int], list[Patch]] = {}
     for win, box in pairs:
         groups.setdefault((win.length, box.height, box.width), []).append((win, box))
-    return tuple(tuple(g[i : i + batch_size]) for g in groups.values() for i in range(0, len(g), batch_size))
+    return tuple(
+        tuple(g[i : i + (batch_size or len(g))])
+        for g in groups.values()
+        for i in range(0, len(g), batch_size or len(g))
+    )
 
 
 def _ramp(lo: int, hi: int, length: int, fade: int) -> tuple[int, int, torch.Tensor]:
@@ -82,7 +88,7 @@ def _ramp(lo: int, hi: int, length: int, fade: int) -> tuple[int, int, torch.Ten
     return a, b, w.float()
 
 
-def overlapped_grid(grid: PatchPlan, stitch: StitchConfig, batch_size: int, fade: int, fade_t: int):
+def overlapped_grid(grid: PatchPlan, stitch: StitchConfig, batch_size: int | None, fade: int, fade_t: int):
     """A joint modulation of a grid that tiles the latent (plan.shifted_grid), each cell grown into its
     neighbours and cross-faded over `fade` cells (`fade_t` frames) around every border. Fades are capped at
     the smallest cell, so two ramps never meet inside one cell."""
@@ -112,8 +118,8 @@ class JointModulation:
     weights: dict
 
     @classmethod
-    def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int) -> JointModulation:
-        assert batch_size >= 1, f"patch batch size must be >= 1, got {batch_size}"
+    def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int | None) -> JointModulation:
+        assert batch_size is None or batch_size >= 1, f"patch batch size must be >= 1 or None, got {batch_size}"
         pairs = patch_list(plan, stitch)
         weights = {p: weight_volume(plan, stitch, *p) for p in pairs}
         return cls(plan, stitch, _group(pairs, batch_size), weights)
@@ -128,20 +134,46 @@ class JointModulation:
         fn: PatchFn,
         post: PostFn | None = None,
         on_batch: Callable[[int], None] | None = None,
+        sizer: BatchSizer | None = None,
     ) -> torch.Tensor:
-        """x: [B, C, T, H, W] full-size input -> [B, C, T, H, W] fused prediction."""
+        """x: [B, C, T, H, W] full-size input -> [B, C, T, H, W] fused prediction.
+
+        With a `sizer`, each batch runs in calls of as many patches as it allows; a call that runs out of
+        memory is retried with half as many patches (the fused result does not depend on how patches are
+        batched). Without one, each batch is one call."""
         T, H, W = self.plan.latent_shape
         assert tuple(x.shape[2:]) == (T, H, W), f"latent {tuple(x.shape)} does not match plan {T}x{H}x{W}"
         acc = Accumulator(tuple(x.shape), x.device)
         for batch in self.batches:
-            xs = torch.stack([crop(x, *p) for p in batch])  # k B C t h w
-            out = fn(rearrange(xs, "k b c t h w -> (b k) c t h w"), batch)
-            out = rearrange(out, "(b k) c t h w -> k b c t h w", k=len(batch))
-            for i, p in enumerate(batch):
-                pred = out[i] if post is None else post(out[i], xs[i], p)
-                acc.add(pred, self.weights[p], *p)
-            if on_batch is not None:
-                on_batch(len(batch))
+            win, box = batch[0]
+            size = (
+                len(batch) if sizer is None else sizer.size(x.shape[0], (win.length, box.height, box.width), len(batch))
+            )
+            i = 0
+            while i < len(batch):
+                part = batch[i : i + size]
+                try:
+                    xs = torch.stack([crop(x, *p) for p in part])  # k B C t h w
+                    out = fn(rearrange(xs, "k b c t h w -> (b k) c t h w"), part)
+                except Exception as e:
+                    if sizer is None or len(part) == 1 or not sizer.is_oom(e):
+                        raise
+                    failed = True
+                else:
+                    failed = False
+                if failed:
+                    # Outside the except block, so the failed call's tensors (held by the traceback) are gone
+                    # before the sizer's hook asks the host to free its cache.
+                    xs = out = None
+                    size = sizer.halve(len(part))
+                    continue
+                out = rearrange(out, "(b k) c t h w -> k b c t h w", k=len(part))
+                for j, p in enumerate(part):
+                    pred = out[j] if post is None else post(out[j], xs[j], p)
+                    acc.add(pred, self.weights[p], *p)
+                if on_batch is not None:
+                    on_batch(len(part))
+                i += len(part)
         return acc.result().to(x.dtype)
 
 
@@ -165,7 +197,7 @@ class FusionSchedule:
     grids: tuple[JointModulation, ...]  # SHIFTED's alternating grids; empty for the other modes
 
     @classmethod
-    def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int) -> FusionSchedule:
+    def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int | None) -> FusionSchedule:
         full = JointModulation.build(plan, stitch, batch_size)
         if stitch.mode != StitchMode.SHIFTED:
             return cls(full, ())

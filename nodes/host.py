@@ -111,6 +111,15 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: {bad} values are NaN or infinite; check the node that produced it.")
 
 
+def is_oom(e: BaseException) -> bool:
+    """Whether `e` is the device running out of memory: torch's error, or whatever the host's own test counts
+    (0.33 adds accelerator errors that say so). Never a cancel, which is not a RuntimeError."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    test = getattr(comfy.model_management, "is_oom", None)
+    return test is not None and isinstance(e, RuntimeError) and test(e)
+
+
 class Progress:
     """A ComfyUI progress bar that also checks for cancel at every tick."""
 

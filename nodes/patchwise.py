@@ -7,6 +7,10 @@ sampler and scheduler therefore steps the fused latent, and the DiT only ever se
 
 from __future__ import annotations
 
+import logging
+import math
+
+import comfy.model_management
 import comfy.patcher_extension
 import torch
 
@@ -15,9 +19,11 @@ from ..models.blend import StitchConfig
 from ..models.context import anchor_low_frequency, global_lowpass, location_mask, lowpass_sigma
 from ..models.flow import noise_to
 from ..models.joint import FusionSchedule, crop, patch_rows, patch_timesteps, step_index
-from .host import Progress
+from ..models.memory import HEADROOM, BatchSizer, reserve_shape, sampler_bytes
+from .host import Progress, is_oom
 
 WRAPPER_KEY = "patchvsr"
+log = logging.getLogger(__name__)
 
 
 # Conditioning a T2V Wan can receive that is not a per-row tensor PatchVSR could cut into patches. The
@@ -94,28 +100,33 @@ class PatchwiseDiffusion:
         context,
         latent_format,
         progress: Progress,
+        sizer: BatchSizer,
         adapter: AdapterInputs | None = None,
+        conds: int = 2,
     ):
         self.schedule = schedule
+        self.sizer = sizer
+        self.conds = conds  # conditionings the sampler evaluates: 1 at cfg 1, else 2
         self.jm = schedule.full  # the plan under the stitch's scheme: the largest patch batches of any step
         self.context = context
         self.latent_format = latent_format
         self.progress = progress
         self.adapter = adapter
         self.sigmas: list[float] | None = None  # the run's noise levels, from set_sigmas
-        self.done = [0, len(self.jm.batches)]  # DiT calls done by the end of each step, from set_sigmas
+        self.done = [0, self.jm.num_patches]  # patches run by the end of each step, from set_sigmas
         self.step_ceiling = self.done[1]  # progress never runs ahead of the sampler's step count
         self._global_lp = None
         self.evaluations = 0  # model evaluations finished; the first one is checked for non-finite values
 
     def set_sigmas(self, sigmas: torch.Tensor) -> int:
         """The run's noise levels (steps + 1), which tell each model evaluation its step; returns the
-        run's DiT calls at one evaluation per step (the progress bar's total)."""
+        run's patch evaluations at one model evaluation per step (the progress bar's total; counted in
+        patches, since the patches per DiT call adapt to free memory)."""
         self.sigmas = [float(s) for s in sigmas]
         steps = len(self.sigmas) - 1
         self.done = [0]
         for i in range(steps):
-            self.done.append(self.done[-1] + len(self.schedule.at(i, steps).batches))
+            self.done.append(self.done[-1] + self.schedule.at(i, steps).num_patches)
         self.step_ceiling = self.done[min(1, steps)]
         return self.done[-1]
 
@@ -127,14 +138,24 @@ class PatchwiseDiffusion:
         levels = [float(s) for s in levels]
         return self.schedule.at(step_index(sigma, levels), len(levels) - 1)
 
-    # PREPARE_SAMPLING: ComfyUI sizes model loading by the latent it sees; the DiT sees patch batches.
+    # PREPARE_SAMPLING: ComfyUI reserves memory (and decides how much of the model to load) from its estimate
+    # for the latent it sees; the DiT sees patch batches, and the sampler keeps full-size latents besides.
     # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
+        return executor(model, self.reserved_shape(model, noise_shape), conds, *args, **kwargs)
+
+    def reserved_shape(self, model, noise_shape) -> list[int]:
+        """The input shape ComfyUI's estimate is asked about: the largest patch of any step, as many as one
+        DiT call takes (one when the batch adapts: the weights come first, the batch takes what is left),
+        grown by the full-size latents the sampler keeps (models/memory.py counts them)."""
         batches = [b for jm in (self.schedule.full, *self.schedule.grids) for b in jm.batches]
         t, h, w = max((p[0].length, p[1].height, p[1].width) for b in batches for p in b)
-        k = max(len(b) for b in batches)
+        k = self.sizer.limit or 1
+        conds = 1 if self.conds == 1 and not model.model_options.get("disable_cfg1_optimization", False) else 2
+        anchored = self.context is not None and self.context.config.strength != 0.0
+        full = sampler_bytes(noise_shape[1:], conds, anchored) * noise_shape[0]
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
-        return executor(model, patch_shape, conds, *args, **kwargs)
+        return reserve_shape(model.model.memory_required, patch_shape, full)
 
     def on_step(self, step: int) -> None:
         last = len(self.done) - 1
@@ -201,10 +222,11 @@ class PatchwiseDiffusion:
             out = executor(xs, t, context.repeat_interleave(k, dim=0), None, None, opts, *args, **extra)
             if self.evaluations == 0:
                 self._check_finite(out, f"patch batch of {k} patches")
-            self.progress.tick(1, self.step_ceiling - 1)
+            self.progress.tick(k, self.step_ceiling - 1)
             return out
 
-        out = self._joint(float(sigmas[0]), transformer_options)(x, run, post=self._anchor(x, sigmas))
+        jm = self._joint(float(sigmas[0]), transformer_options)
+        out = jm(x, run, post=self._anchor(x, sigmas), sizer=self.sizer)
         if self.evaluations == 0:
             self._check_finite(out, "fused prediction")
         self.evaluations += 1
@@ -219,6 +241,23 @@ class PatchwiseDiffusion:
             raise NonFiniteEvaluation(f"the first model evaluation gave {bad} NaN or infinite values (in a {what})")
 
 
+def batch_sizer(model, patch_batch: int) -> BatchSizer:
+    """patch_batch patches per DiT call, or with 0 as many as the device's free memory holds by ComfyUI's own
+    estimate for the model (with the headroom ComfyUI keeps when it batches cond and uncond); either way
+    halved when a call runs out of memory."""
+    base, device = model.model, model.load_device
+
+    def fits(rows: int, thw: tuple[int, int, int]) -> int:
+        one = base.memory_required([rows, base.latent_format.latent_channels, *thw])
+        return math.floor(comfy.model_management.get_free_memory(device) / (one * HEADROOM)) if one > 0 else 1 << 30
+
+    def on_oom(size: int) -> None:
+        log.warning("PatchVSR: out of memory in a patch batch; retrying it with %d patches per DiT call", size)
+        comfy.model_management.soft_empty_cache()  # the failed call's blocks, so the retry can use them
+
+    return BatchSizer(patch_batch or None, is_oom, fits if patch_batch == 0 else None, on_oom)
+
+
 def attach(
     model,
     plan,
@@ -229,10 +268,11 @@ def attach(
     adapter=None,
     lr_latent=None,
     seed: int = 0,
+    cfg: float | None = None,
 ):
     """A clone of `model` that denoises patch-wise (with the adapter's block patches when one is given);
-    the input model is left untouched."""
-    schedule = FusionSchedule.build(plan, stitch, patch_batch)
+    the input model is left untouched. patch_batch 0 adapts the patches per DiT call to free memory."""
+    schedule = FusionSchedule.build(plan, stitch, patch_batch or None)
     latent_format = model.get_model_object("latent_format")
     patched = model.clone()
     inputs = None
@@ -247,7 +287,9 @@ def attach(
             patched.set_model_patch_replace(patch, "dit", "double_block", i)
         # ComfyUI loads and offloads the adapter's weights together with the model.
         patched.set_additional_models(WRAPPER_KEY, [adapter.patcher])
-    wrapper = PatchwiseDiffusion(schedule, context, latent_format, progress, inputs)
+    conds = 1 if cfg is not None and math.isclose(cfg, 1.0) else 2  # ComfyUI skips the uncond at cfg 1
+    sizer = batch_sizer(model, patch_batch)
+    wrapper = PatchwiseDiffusion(schedule, context, latent_format, progress, sizer, inputs, conds)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, wrapper.prepare_sampling

@@ -151,7 +151,9 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
         model = apply_adapter_lora(model, adapter)
     # 1. Patch-wise clone: the wrapper runs the DiT per patch batch and fuses at every evaluation.
     progress = Progress(1)
-    patched, wrapper = attach(model, plan, stitch, context, patch_batch, progress, adapter, latent["samples"], seed)
+    patched, wrapper = attach(
+        model, plan, stitch, context, patch_batch, progress, adapter, latent["samples"], seed, cfg=cfg
+    )
     # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`; the wrapper reads its step
     #    from them (the shifted-grid stitch changes grids between steps).
     model_sampling = patched.get_model_object("model_sampling")
@@ -260,10 +262,12 @@ class PatchSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "patch_batch",
-                    default=1,
-                    min=1,
+                    default=0,
+                    min=0,
                     max=64,
-                    tooltip="Patches per DiT call: more is faster on a big GPU, memory grows with it.",
+                    tooltip="Patches per DiT call: 0 takes as many as fit in the device's free memory. More is "
+                    "faster on a big GPU, memory grows with it. A call that runs out of memory is retried with "
+                    "half as many patches.",
                 ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The full-size denoised latent.")],

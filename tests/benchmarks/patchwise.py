@@ -37,6 +37,12 @@ CLIP_FRAMES = 81
 GPU = "H100 SXM"
 GPU_TFLOPS = 989.0  # dense bf16 peak
 UTILISATION = 0.4  # a typical share of peak for long-sequence DiT inference
+# Whole-clip recipes projected: (label, fusion mode, steps, model evaluations per step)
+RECIPES = [
+    ("paper: weighted, 50 steps, cfg 5", "weighted", 50, 2),
+    ("shifted, 50 steps, cfg 5", "shifted", 50, 2),
+    ("shifted, 4 steps, cfg 1", "shifted", 4, 1),
+]
 
 
 def attention_flops(tokens: int) -> float:
@@ -135,6 +141,19 @@ def run_one(name: str, frames: int) -> dict:
     return {"rows": rows}
 
 
+def step_flops(schedule, steps: int, cfg: dict) -> float:
+    """Mean DiT FLOPs per step over a run of `steps` (SHIFTED's last step is the weighted scheme's)."""
+    return (
+        sum(
+            dit_flops(w.length * (b.height // 2) * (b.width // 2), **cfg)
+            for i in range(steps)
+            for batch in schedule.at(i, steps).batches
+            for w, b in batch
+        )
+        / steps
+    )
+
+
 def projection() -> list[dict]:
     """FLOPs per step and a projected time for an 81-frame clip, per Wan config, size and mode (cfg 1: one
     evaluation per step; cfg > 1 doubles it). Cost per patch from its token count, as the sampler runs it."""
@@ -152,16 +171,11 @@ def projection() -> list[dict]:
             row = {"size": name, "model": model}
             for mode in ("weighted", "shifted"):
                 schedule = FusionSchedule.build(plan, StitchConfig(StitchMode(mode)), 1)
-                flops = (
-                    sum(
-                        dit_flops(w.length * (b.height // 2) * (b.width // 2), **cfg)
-                        for i in range(RUN_STEPS)
-                        for batch in schedule.at(i, RUN_STEPS).batches
-                        for w, b in batch
-                    )
-                    / RUN_STEPS
-                )
-                row[mode] = flops
+
+                row[mode] = step_flops(schedule, RUN_STEPS, cfg)
+                for label, m, steps, evals in RECIPES:
+                    if m == mode:
+                        row[label] = steps * evals * step_flops(schedule, steps, cfg)
             row["full_frame"] = dit_flops(T * (H // STRIDE // 2) * (W // STRIDE // 2), **cfg)
             out.append(row)
     return out
@@ -171,9 +185,13 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=1, help="pixel frames (1 + 4k); 1 keeps 4K within minutes")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--projection", action="store_true", help="print only the projection (no CPU runs)")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args.frames)))
+        return
+    if args.projection:
+        print_projection()
         return
     rows = []
     for name in SIZES:
@@ -201,18 +219,25 @@ def main(argv: list[str]) -> None:
     print(f"\nwall/step is relative to the 1080p base grid's (naive) wall/step ({base:.2f} s on the machine that "
           f"ran it), 'vs base grid' to the same size's; one full-frame 1080p pass took {full / base:.2f}× the "
           "1080p base grid's step.")  # fmt: skip
+    print_projection()
+
+
+def print_projection() -> None:
     print(f"\nProjection, not a measurement: FLOPs per step (cfg 1) for an {CLIP_FRAMES}-frame clip from the real "
           f"configs' dims and layers, and time per step on one {GPU} at {100 * UTILISATION:.0f}% of its "
-          f"{GPU_TFLOPS:.0f} TFLOPS dense bf16 peak; cfg > 1 doubles both.\n")  # fmt: skip
+          f"{GPU_TFLOPS:.0f} TFLOPS dense bf16 peak; cfg > 1 doubles both. Whole-clip times: the DiT alone "
+          "(no VAE, text encoder or offloading), per recipe; a few-step run ends on the weighted step, so its "
+          "mean step costs more than a 50-step run's.\n")  # fmt: skip
     print("| output | model | weighted PFLOP/step | shifted PFLOP/step | shifted / weighted | weighted s/step | "
-          "shifted s/step | shifted, 50 steps | full frame (one pass) PFLOP |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "shifted s/step | full frame (one pass) PFLOP | " + " | ".join(f"clip, {r[0]}" for r in RECIPES) + " |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(RECIPES))
     rate = GPU_TFLOPS * 1e12 * UTILISATION
     for r in projection():
+        clips = " | ".join(f"{r[label] / rate / 60:.1f} min" for label, *_ in RECIPES)
         print(
             f"| {r['size']} | {r['model']} | {r['weighted'] / 1e15:.2f} | {r['shifted'] / 1e15:.2f} "
             f"| {r['shifted'] / r['weighted']:.2f} | {r['weighted'] / rate:.1f} | {r['shifted'] / rate:.1f} "
-            f"| {RUN_STEPS * r['shifted'] / rate / 60:.1f} min | {r['full_frame'] / 1e15:.2f} |"
+            f"| {r['full_frame'] / 1e15:.2f} | {clips} |"
         )
 
 

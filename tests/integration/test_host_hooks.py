@@ -1,10 +1,12 @@
 """The sampler among other extensions, in the real server: another node's block patch still runs with the
 adapter's (composed, not overwritten), guidance extensions see ComfyUI's cond/uncond batch order inside the
-DiT, conditioning made for the whole frame is refused by name, and every seed the widget allows works."""
+DiT, conditioning made for the whole frame is refused by name, every seed the widget allows works, and a
+patch batch that runs out of memory is retried with half as many patches."""
 
 import json
 
 import pytest
+import torch
 from harness.tiny_models import ADAPTERS, DIT, VAE
 from test_adapter_server import latents
 from test_validation import error_text
@@ -115,3 +117,29 @@ def test_shifted_grid_runs_with_multistep_samplers(server, sampler):
             (out[adapter, mode],) = run_latent(server, prompt).values()
         assert out[adapter, "shifted"].isfinite().all()
         assert (out[adapter, "shifted"] - out[adapter, "weighted"]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("patch_batch", [0, 4])
+def test_out_of_memory_in_a_patch_batch_halves_it_and_keeps_the_run(server, patch_batch):
+    """The DiT runs out of memory once, on its first call of more than one patch (cond and uncond rows): the
+    sampler retries that call with half as many patches, and the result is that of an uninterrupted run.
+    patch_batch 0 sizes the batch from the device's free memory (on this CPU server: all patches of a size),
+    4 is the artist's fixed size."""
+    out, tag = {}, f"oom{patch_batch}"
+    for oom in (False, True):
+        prompt = graph(save=f"{tag}{oom}")
+        prompt["7"]["inputs"]["patch_batch"] = patch_batch
+        prompt["7"]["inputs"]["stitcher"] = ["40", 0]
+        prompt["40"] = {"class_type": "PatchVSR_Stitcher", "inputs": {"mode": "weighted", "blend_weight": 5.0}}
+        if oom:
+            prompt["50"] = {"class_type": "PatchVSRTest_OutOfMemoryOnce", "inputs": {"model": ["1", 0], "above": 2, "tag": tag}}  # fmt: skip
+            prompt["5"]["inputs"]["model"] = prompt["7"]["inputs"]["model"] = ["50", 0]
+        (out[oom],) = run_latent(server, prompt).values()
+    calls = (server.output_dir / f"{tag}.txt").read_text().split("\n")
+    (failed,) = [i for i, line in enumerate(calls) if line.startswith("oom")]
+    rows = int(calls[failed].split()[1])
+    # 9 patches of one size, 2 rows each (cfg 2): the failed call had 9 (automatic) or 4 patches.
+    assert rows == 2 * (9 if patch_batch == 0 else 4), calls
+    assert int(calls[failed + 1]) == 2 * (rows // 2 // 2), calls  # retried with half as many patches
+    assert max(int(line) for line in calls[failed + 1 :] if line) <= 2 * (rows // 2 // 2), calls
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=1e-5)

@@ -197,9 +197,59 @@ class RowCounter(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
+class OutOfMemoryOnce(io.ComfyNode):
+    """A clone whose DiT runs out of memory once: block 0 raises torch's out-of-memory error on the first
+    call of more than `above` rows (what a GPU raises when a patch batch does not fit), and appends the rows
+    of every call to a file in the output folder ("oom <rows>" for the failed one). Each execution of the
+    node arms it again; give each test its own tag so ComfyUI's cache does not reuse a spent one."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_OutOfMemoryOnce",
+            display_name="Out Of Memory Once (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to clone."),
+                io.Int.Input("above", default=1, min=0, max=4096, tooltip="Fail the first call of more rows."),
+                io.String.Input("tag", default="oom", tooltip="File name (without .txt) in the output folder."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, above, tag) -> io.NodeOutput:
+        import folder_paths
+
+        path = f"{folder_paths.get_output_directory()}/{tag}.txt"
+        armed = [True]
+
+        def block(args, extra):
+            rows = args["img"].shape[0]
+            with open(path, "a") as f:
+                f.write(f"{'oom ' if armed[0] and rows > above else ''}{rows}\n")
+            if armed[0] and rows > above:
+                armed[0] = False
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by a test)")
+            return extra["original_block"](args)
+
+        patched = model.clone()
+        patched.set_model_patch_replace(block, "dit", "double_block", 0)
+        return io.NodeOutput(patched)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [ZeroTextConditioning, PoisonImages, Channels, RandomLatent, LatentStats, BlockProbe, RowCounter]
+        return [
+            ZeroTextConditioning,
+            PoisonImages,
+            Channels,
+            RandomLatent,
+            LatentStats,
+            BlockProbe,
+            RowCounter,
+            OutOfMemoryOnce,
+        ]
 
 
 async def comfy_entrypoint():
