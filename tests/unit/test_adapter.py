@@ -293,3 +293,25 @@ def test_inference_adapter_runs_in_the_compute_dtype(dm, tmp_path):
         want = rt.forward(dm, ref32, x, t, ctx, rt.compute_call(dm, ref32, lr, MICRO, glob, mask, ctx))
     assert out.dtype == bf
     assert (out.float() - want).norm() / want.norm() < 0.05
+
+
+@torch.no_grad()
+def test_gca_composes_with_another_extensions_attention_override(dm):
+    """An attention override another extension set (an attention-kernel node) still computes every attention
+    of the base, and G-CA is added on top of its result."""
+    adapter = make(dm)
+    for gca in adapter.gca:
+        gca.v.weight.normal_(0, 0.5)
+    x, t, ctx, lr, glob, mask = inputs()
+    call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+    seen = []
+
+    def theirs(func, *args, **kwargs):
+        seen.append(args[1].shape[1])  # key length: video tokens (self-attention) or text tokens
+        return func(*args, **kwargs)
+
+    opts = {"patches_replace": {"dit": rt.block_patches(adapter, dm.blocks)}, rt.CALL_KEY: call,
+            "optimized_attention_override": theirs}  # fmt: skip
+    out = dm(x, t * 1000, ctx, transformer_options=opts)
+    assert seen[1::2] == [ctx.shape[1]] * DIMS[1] and len(seen) == 2 * DIMS[1]
+    torch.testing.assert_close(out, rt.forward(dm, adapter, x, t, ctx, call))
