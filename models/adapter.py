@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-# 2: G-CA inside the text cross-attention (its output projection is the base's), the global branch reads the
-# text prompt, the global latent is noise-augmented in the model's normalised space. A version-1 file was
-# trained for the old wiring and cannot be converted.
+# 2: the global branch reads the text prompt, its latent is noise-augmented in the model's normalised space,
+# G-CA may sit inside the text cross-attention (gca_in_cross_attention). A version-1 file was trained for
+# the old inputs and cannot be converted.
 FORMAT_VERSION = 2
 # Base linears that carry LoRA, relative to a block (WanAttentionBlock's attribute names).
 LORA_TARGETS = (
@@ -127,6 +127,9 @@ class AdapterConfig:
     patch_noise_t: float = 0.25  # the patch branch's input noise level at inference (supplement: 250/1000)
     global_noise_t: float = 0.15  # the global branch's input noise level (supplement: 150/1000)
     micro_freq: int = 64  # sinusoidal features per micro-condition
+    # G-CA inside the text cross-attention (the supplement's placement) instead of after the block; see
+    # GlobalCrossAttention for why it is not the default.
+    gca_in_cross_attention: bool = False
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -261,26 +264,32 @@ class GlobalBranch(nn.Module):
 class GlobalCrossAttention(nn.Module):
     """G-CA: new keys and values from the global tokens against the block's text cross-attention query.
 
-    Its attention output is added to the text cross-attention's before that layer's output projection, as
-    in a decoupled cross-attention (IP-Adapter): the supplement puts G-CA inside the cross-attention part of
-    the block and the paper shares only Q, so one output projection serves both. The value projection starts
-    at zero, so an untrained G-CA adds exactly nothing (the role a zero output projection plays elsewhere)."""
+    Two placements (AdapterConfig.gca_in_cross_attention):
+    - after the block (default): the query is the text cross-attention's projection of the block's output,
+      and G-CA's own zero-initialised output projection adds its result to the block's output;
+    - inside the text cross-attention (the supplement's "GCA modules in SCA blocks"): the query is that
+      attention's own, and G-CA's attention output is summed with the text attention's before the shared
+      output projection (a decoupled cross-attention, as in IP-Adapter); its value projection starts at
+      zero. On the tiny proof this placement made training diverge at the proof's learning rate (README),
+      so it is opt-in until a real run shows it trains."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, inside: bool = False):
         super().__init__()
         self.heads = heads
         self.k = nn.Linear(dim, dim)
         self.norm_k = nn.RMSNorm(dim, eps=1e-6)
-        self.v = zero_linear(dim, dim)
+        self.v = zero_linear(dim, dim) if inside else nn.Linear(dim, dim)
+        self.o = None if inside else zero_linear(dim, dim)
 
     def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """q: [B, L, D] (the text cross-attention's, normalised); tokens: [B, G, D] -> [B, L, D] attention
-        output before the output projection, in q's dtype (the model's compute dtype)."""
+        """q: [B, L, D] (the text cross-attention's, normalised); tokens: [B, G, D] -> [B, L, D] in q's dtype
+        (the model's compute dtype): the output (after the block) or the attention output (inside)."""
         w = self.k.weight.dtype
         k = self.norm_k(self.k(tokens.to(w))).to(q.dtype)
         v = self.v(tokens.to(w)).to(q.dtype)
         q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))
-        return rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
+        return out if self.o is None else self.o(out.to(w)).to(q.dtype)
 
 
 class MicroConditions(nn.Module):
@@ -342,7 +351,10 @@ class PatchVSRAdapter(nn.Module):
         self.cfg = cfg
         self.patch_branch = PatchBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
         self.global_branch = GlobalBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
-        self.gca = nn.ModuleList(GlobalCrossAttention(cfg.base_dim, cfg.base_heads) for _ in range(cfg.base_layers))
+        self.gca = nn.ModuleList(
+            GlobalCrossAttention(cfg.base_dim, cfg.base_heads, cfg.gca_in_cross_attention)
+            for _ in range(cfg.base_layers)
+        )
         self.micro = MicroConditions(cfg)
         self.lora = nn.ModuleDict()
         for i, block in enumerate(base_blocks):
@@ -354,8 +366,8 @@ class PatchVSRAdapter(nn.Module):
 
     def cast_for_inference(self, dtype: torch.dtype) -> PatchVSRAdapter:
         """The adapter's own layers (projections, merges, G-CA, micro-conditions) in the model's compute
-        dtype, as the copied blocks already are: float32 there would double their memory and time (about
-        12.6 GB at 14B) for no measurable gain. The two patch embeddings stay float32, as Wan keeps its own;
+        dtype, as the copied blocks already are: float32 there would double their memory and time (at 14B
+        these layers hold 2.5 B parameters: 10.1 GB in float32, 5.0 GB in bf16). The two patch embeddings stay float32, as Wan keeps its own;
         the LoRA part is merged by ComfyUI from the file's tensors and is not used from here."""
         for part in (self.patch_branch.proj, self.global_branch.merge, self.gca, self.micro):
             part.to(dtype)

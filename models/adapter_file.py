@@ -49,9 +49,9 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         raise ValueError(f"adapter '{name}' has an unreadable config ({e}).") from e
     if cfg.format_version < FORMAT_VERSION:
         raise ValueError(
-            f"adapter '{name}' uses file format {cfg.format_version}, from before this pack put G-CA inside the "
-            f"text cross-attention and gave the global branch the text prompt (format {FORMAT_VERSION}); its "
-            "weights were trained for the old wiring and cannot be converted. Train it again with this version."
+            f"adapter '{name}' uses file format {cfg.format_version}, from before this pack gave the global branch "
+            f"the text prompt and noised its input in the model's latent space (format {FORMAT_VERSION}); it was "
+            "trained for the old inputs. Train it again with this version."
         )
     if cfg.format_version > FORMAT_VERSION:
         raise ValueError(

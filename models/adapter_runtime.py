@@ -111,15 +111,16 @@ def gca_override(gca, tokens: torch.Tensor, text_len: int, inner: Callable | Non
 
 
 def block_patch(
-    adapter: PatchVSRAdapter, index: int, checkpoint: bool = False, inner: Callable | None = None
+    adapter: PatchVSRAdapter, index: int, block, checkpoint: bool = False, inner: Callable | None = None
 ) -> Callable:
-    """The replacement for base block `index`: the original block with G-CA inside its text cross-attention
-    (through the attention override) and the micro-conditions in its modulation, then the patch branch's
-    hint added to its output. checkpoint=True recomputes the block in the backward pass (training memory).
-    `inner(args, extra)` is a block replacement another extension set before this one: it runs in place of
-    the original block, so both take effect."""
+    """The replacement for base block `index`: the original block with the micro-conditions in its
+    modulation (and, with gca_in_cross_attention, G-CA inside its text cross-attention through the attention
+    override), then the patch branch's hint and (by default) G-CA added to its output. checkpoint=True
+    recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
+    another extension set before this one: it runs in place of the original block, so both take effect."""
     interval = adapter.cfg.interval_of(index)
     gca = adapter.gca[index]
+    inside = adapter.cfg.gca_in_cross_attention
 
     def patch(args: dict, extra: dict) -> dict:
         call: AdapterCall | None = args["transformer_options"].get(CALL_KEY)
@@ -128,7 +129,7 @@ def block_patch(
         opts = args["transformer_options"]
 
         def run(a: dict) -> dict:
-            if call.tokens is not None:  # a fresh override per run: it counts the block's attentions
+            if inside and call.tokens is not None:  # a fresh override per run: it counts the block's attentions
                 override = gca_override(gca, call.tokens, a["txt"].shape[1], opts.get("optimized_attention_override"))
                 a = {**a, "transformer_options": {**opts, "optimized_attention_override": override}}
             return extra["original_block"](a) if inner is None else inner(a, extra)
@@ -143,6 +144,10 @@ def block_patch(
             )
         else:
             x = run(args)["img"]
+        if not inside and call.tokens is not None:
+            # G-CA shares the projection of the block's own text cross-attention query (paper section 3.2).
+            ca = block.cross_attn
+            x = x + gca(ca.norm_q(ca.q(block.norm3(x))), call.tokens.to(x))
         hint = call.hints[interval].to(x)
         if call.repeat == 1:
             return {"img": x + hint}
@@ -154,7 +159,7 @@ def block_patch(
 
 def block_patches(adapter: PatchVSRAdapter, blocks, checkpoint: bool = False) -> dict:
     """patches_replace['dit'] entries for every base block."""
-    return {("double_block", i): block_patch(adapter, i, checkpoint) for i in range(len(blocks))}
+    return {("double_block", i): block_patch(adapter, i, blk, checkpoint) for i, blk in enumerate(blocks)}
 
 
 def add_lora_hooks(adapter: PatchVSRAdapter, blocks) -> list:

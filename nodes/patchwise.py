@@ -55,7 +55,7 @@ class AdapterInputs:
         for i, p in enumerate(self.prompts):
             if p.shape == row.shape and p.device == row.device and torch.equal(p, row):
                 return i
-        self.prompts.append(row)
+        self.prompts.append(row.clone())  # a view would keep the whole call's context alive
         return len(self.prompts) - 1
 
     def _tokens(self, adapter, patch, prompt: int, device, dtype) -> torch.Tensor:
@@ -240,9 +240,9 @@ def attach(
         inputs = AdapterInputs(adapter, dm, plan, context, lr_latent, latent_format, seed)
         # Compose with block replacements other nodes set on this model: theirs runs inside ours.
         replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        for i in range(len(dm.blocks)):
+        for i, block in enumerate(dm.blocks):
             inner = replaced.get(("double_block", i))
-            patch = rt.block_patch(adapter.patcher.model, i, inner=inner)
+            patch = rt.block_patch(adapter.patcher.model, i, block, inner=inner)
             patched.set_model_patch_replace(patch, "dit", "double_block", i)
         # ComfyUI loads and offloads the adapter's weights together with the model.
         patched.set_additional_models(WRAPPER_KEY, [adapter.patcher])

@@ -65,7 +65,7 @@ def test_every_part_reaches_the_output(dm):
     base = dm(x, t * 1000, ctx)
     parts = {
         "patch branch": "patch_branch.proj.0.weight",
-        "G-CA": "gca.1.v.weight",
+        "G-CA": "gca.1.o.weight",
         "micro": "micro.out.weight",
         "LoRA": "lora.1__ffn_2.up",
     }
@@ -121,7 +121,7 @@ def rewrite(path, tensors=None, meta=None):
 
 @pytest.mark.parametrize("damage,message", [
     ("newer", f"uses file format {FORMAT_VERSION + 1}; this pack reads up to {FORMAT_VERSION}"),
-    ("older", "uses file format 1, from before this pack put G-CA inside the text cross-attention"),
+    ("older", "uses file format 1, from before this pack gave the global branch the text prompt"),
     ("base", "was trained for another base model: base_layers 3 (model: 4)"),
     ("missing", "1 missing keys"),
     ("unexpected", "1 unexpected keys ['extra.weight']"),
@@ -223,7 +223,7 @@ def test_gca_sits_inside_the_text_cross_attention_and_shares_its_query(dm):
     cross-attention's query."""
     import copy
 
-    adapter = make(dm)
+    adapter = make(dm, gca_in_cross_attention=True)
     for gca in adapter.gca:
         gca.v.weight.normal_(0, 0.5)  # G-CA alone woken: hints and micro-conditions stay exactly zero
     x, t, ctx, lr, glob, mask = inputs()
@@ -299,7 +299,7 @@ def test_inference_adapter_runs_in_the_compute_dtype(dm, tmp_path):
 def test_gca_composes_with_another_extensions_attention_override(dm):
     """An attention override another extension set (an attention-kernel node) still computes every attention
     of the base, and G-CA is added on top of its result."""
-    adapter = make(dm)
+    adapter = make(dm, gca_in_cross_attention=True)
     for gca in adapter.gca:
         gca.v.weight.normal_(0, 0.5)
     x, t, ctx, lr, glob, mask = inputs()
