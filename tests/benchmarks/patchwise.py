@@ -218,10 +218,11 @@ def adapter_cost(frames: int) -> dict:
 
 
 def adapter_projection() -> list[dict]:
-    """FLOPs an adapter adds to one patch's model evaluation, per real config, with cfg > 1 (2 rows) and
-    cfg 1: the patch branch once per patch (K copied blocks over the patch's tokens, a 1-token prompt), G-CA
-    in every block (keys and values on the global tokens, attention from every patch token; the query is
-    the text cross-attention's), the micro-conditions (negligible); the LoRA is merged into the weights."""
+    """FLOPs an adapter adds to one patch's model evaluation, per real config and G-CA placement, with
+    cfg > 1 (2 rows) and cfg 1: the patch branch once per patch (K copied blocks over the patch's tokens, a
+    1-token prompt), G-CA in every block (keys and values on the global tokens, attention from every patch
+    token; after the block it also projects its own query and output over the patch's tokens, inside the
+    text cross-attention it shares both), the micro-conditions (negligible); the LoRA is merged."""
     T = latent_frames_of(CLIP_FRAMES)
     tokens = T * (PATCH_PX[0] // STRIDE // 2) * (PATCH_PX[1] // STRIDE // 2)
     g = tokens // 16  # two 2x2 merges
@@ -230,11 +231,11 @@ def adapter_projection() -> list[dict]:
         dim, layers = cfg["dim"], cfg["num_layers"]
         k = max(1, layers // 6)
         block = dit_flops(tokens, dim, cfg["ffn_dim"], 1) - 4 * tokens * TEXT_TOKENS * dim - 4 * TEXT_TOKENS * dim * dim
-        gca = layers * (4 * tokens * g * dim + 2 * 2 * g * dim * dim)  # per row
         base = dit_flops(tokens, **cfg)  # per row
-        out.append(
-            {"model": model, "k": k, "cfg2": (k * block + 2 * gca) / (2 * base), "cfg1": (k * block + gca) / base}
-        )
+        for placement, qo in (("after the block (default)", 2 * 2 * tokens * dim * dim), ("inside cross-attention", 0)):
+            gca = layers * (4 * tokens * g * dim + 2 * 2 * g * dim * dim + qo)  # per row
+            out.append({"model": model, "placement": placement, "k": k, "cfg2": (k * block + 2 * gca) / (2 * base),
+                        "cfg1": (k * block + gca) / base})  # fmt: skip
     return out
 
 
@@ -311,10 +312,10 @@ def adapter_tables(args) -> None:
     )
     print(f"\nProjection, not a measurement: FLOPs the adapter adds to a patch's evaluation for an {CLIP_FRAMES}-frame "
           "clip (patch branch once per patch, G-CA in every block; the LoRA is merged into the weights).\n")  # fmt: skip
-    print("| model | patch-branch blocks | adapter cost, cfg > 1 (2 rows) | cfg 1 |")
-    print("|---|---|---|---|")
+    print("| model | G-CA | patch-branch blocks | adapter cost, cfg > 1 (2 rows) | cfg 1 |")
+    print("|---|---|---|---|---|")
     for p in adapter_projection():
-        print(f"| {p['model']} | {p['k']} | +{100 * p['cfg2']:.1f}% | +{100 * p['cfg1']:.1f}% |")
+        print(f"| {p['model']} | {p['placement']} | {p['k']} | +{100 * p['cfg2']:.1f}% | +{100 * p['cfg1']:.1f}% |")
 
 
 def fusion_tables(args) -> None:
