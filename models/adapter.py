@@ -4,13 +4,17 @@ Dimension legend: B batch, C latent channels, T/H/W latent frames/rows/columns, 
 D model width, G global tokens, K patch-branch blocks.
 
 - Patch condition branch: K blocks copied from the base at equal layer intervals; input the LR patch
-  latent noised to t = 0.25 with a fixed (null) prompt; branch block k's output enters the base blocks of
-  its interval through a zero-initialised projection added to their output (as in Wan's VACE).
+  latent noised to t = 0.25 with a fixed (null) prompt (paper: "a fixed prompt for the patch condition
+  branch"); branch block k's output enters the base blocks of its interval through a zero-initialised
+  projection added to their output (as in Wan's VACE).
 - Global context branch: base blocks copied at equal intervals, split into levels; each level ends with a
   2x2 token merge (1/4 of the tokens); input the whole video at patch size noised to t = 0.15, concatenated
-  on channels with the binary location mask (its input weights start at zero). Its tokens enter every base
-  block through G-CA, a cross-attention whose query is the block's own text cross-attention query and whose
-  output projection starts at zero.
+  on channels with the binary location mask (its input weights start at zero), with the text prompt (paper:
+  "the base model and global context branch using text prompts"). Its tokens enter every base block
+  through G-CA inside the block's text cross-attention (supplement: "GCA modules in SCA blocks"): new keys
+  and values from the tokens, the text cross-attention's own query, the two attention outputs summed before
+  the text cross-attention's output projection (a decoupled cross-attention); G-CA's value projection starts
+  at zero.
 - LoRA on the base's self-attention, text cross-attention and FFN linears (up matrices start at zero),
   stored under ComfyUI's LoRA key names so ComfyUI's own loader can apply that part.
 - Micro-conditions (scale factor, noise level, crop location) embedded and added to the time modulation's
@@ -33,7 +37,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-FORMAT_VERSION = 1
+# 2: the global branch reads the text prompt, its latent is noise-augmented in the model's normalised space,
+# G-CA may sit inside the text cross-attention (gca_in_cross_attention). A version-1 file was trained for
+# the old inputs and cannot be converted.
+FORMAT_VERSION = 2
 # Base linears that carry LoRA, relative to a block (WanAttentionBlock's attribute names).
 LORA_TARGETS = (
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -120,6 +127,9 @@ class AdapterConfig:
     patch_noise_t: float = 0.25  # the patch branch's input noise level at inference (supplement: 250/1000)
     global_noise_t: float = 0.15  # the global branch's input noise level (supplement: 150/1000)
     micro_freq: int = 64  # sinusoidal features per micro-condition
+    # G-CA inside the text cross-attention (the supplement's placement) instead of after the block; see
+    # GlobalCrossAttention for why it is not the default.
+    gca_in_cross_attention: bool = False
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -205,7 +215,9 @@ class PatchBranch(nn.Module):
         hints = []
         for block, proj in zip(self.blocks, self.proj):
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=None)
-            hints.append(proj(x.float()))  # the adapter's own layers run in float32 whatever the base's dtype
+            # In the projection's dtype: the model's compute dtype at inference (cast_for_inference), the
+            # float32 master weights in training (under autocast on a GPU).
+            hints.append(proj(x.to(proj.weight.dtype)).to(x.dtype))
         return hints
 
 
@@ -244,30 +256,40 @@ class GlobalBranch(nn.Module):
             x = rearrange(tokens, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
             x = F.pad(x, (0, w % 2, 0, h % 2, 0, 0), mode="replicate") if (h % 2 or w % 2) else x
             x = rearrange(x, "b d t (h ph) (w pw) -> b d t h w (ph pw)", ph=2, pw=2)
-            x = rearrange(merge(rearrange(x, "b d t h w k -> b t h w (k d)")), "b t h w d -> b d t h w")
+            x = rearrange(x, "b d t h w k -> b t h w (k d)")
+            x = rearrange(merge(x.to(merge.weight.dtype)).to(g.dtype), "b t h w d -> b d t h w")
         return rearrange(x, "b d t h w -> b (t h w) d")
 
 
 class GlobalCrossAttention(nn.Module):
-    """G-CA: new keys and values from the global tokens; the query is the block's text cross-attention
-    query, passed in; the output projection starts at zero."""
+    """G-CA: new keys and values from the global tokens against the block's text cross-attention query.
 
-    def __init__(self, dim: int, heads: int):
+    Two placements (AdapterConfig.gca_in_cross_attention):
+    - after the block (default): the query is the text cross-attention's projection of the block's output,
+      and G-CA's own zero-initialised output projection adds its result to the block's output;
+    - inside the text cross-attention (the supplement's "GCA modules in SCA blocks"): the query is that
+      attention's own, and G-CA's attention output is summed with the text attention's before the shared
+      output projection (a decoupled cross-attention, as in IP-Adapter); its value projection starts at
+      zero. On the tiny proof this placement made training diverge at the proof's learning rate (README),
+      so it is opt-in until a real run shows it trains."""
+
+    def __init__(self, dim: int, heads: int, inside: bool = False):
         super().__init__()
         self.heads = heads
         self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
         self.norm_k = nn.RMSNorm(dim, eps=1e-6)
-        self.o = zero_linear(dim, dim)
+        self.v = zero_linear(dim, dim) if inside else nn.Linear(dim, dim)
+        self.o = None if inside else zero_linear(dim, dim)
 
     def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """q: [B, L, D] (already normalised by the block); tokens: [B, G, D] -> [B, L, D]."""
-        dtype = q.dtype
-        k = self.norm_k(self.k(tokens.float()))
-        v = self.v(tokens.float())
-        q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q.float(), k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.o(rearrange(out, "b h l d -> b l (h d)")).to(dtype)
+        """q: [B, L, D] (the text cross-attention's, normalised); tokens: [B, G, D] -> [B, L, D] in q's dtype
+        (the model's compute dtype): the output (after the block) or the attention output (inside)."""
+        w = self.k.weight.dtype
+        k = self.norm_k(self.k(tokens.to(w))).to(q.dtype)
+        v = self.v(tokens.to(w)).to(q.dtype)
+        q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
+        return out if self.o is None else self.o(out.to(w)).to(q.dtype)
 
 
 class MicroConditions(nn.Module):
@@ -320,7 +342,8 @@ def _module_name(block: int, target: str) -> str:
 
 class PatchVSRAdapter(nn.Module):
     """dtype: the branches' copied blocks hold and run in it (the base's compute dtype, never fp8); the
-    adapter's own layers are float32. weight_of reads the base's weights (see plain_copy)."""
+    adapter's own layers are float32 (master weights for training) until cast_for_inference. weight_of reads
+    the base's weights (see plain_copy)."""
 
     def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module,
                  dtype: torch.dtype = torch.float32, weight_of: WeightOf = stored_tensor):  # fmt: skip
@@ -328,7 +351,10 @@ class PatchVSRAdapter(nn.Module):
         self.cfg = cfg
         self.patch_branch = PatchBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
         self.global_branch = GlobalBranch(cfg, base_blocks, patch_embedding, dtype, weight_of)
-        self.gca = nn.ModuleList(GlobalCrossAttention(cfg.base_dim, cfg.base_heads) for _ in range(cfg.base_layers))
+        self.gca = nn.ModuleList(
+            GlobalCrossAttention(cfg.base_dim, cfg.base_heads, cfg.gca_in_cross_attention)
+            for _ in range(cfg.base_layers)
+        )
         self.micro = MicroConditions(cfg)
         self.lora = nn.ModuleDict()
         for i, block in enumerate(base_blocks):
@@ -337,6 +363,15 @@ class PatchVSRAdapter(nn.Module):
                 self.lora[_module_name(i, target)] = LoRA(
                     lin.in_features, lin.out_features, cfg.lora_rank, cfg.lora_alpha
                 )
+
+    def cast_for_inference(self, dtype: torch.dtype) -> PatchVSRAdapter:
+        """The adapter's own layers (projections, merges, G-CA, micro-conditions) in the model's compute
+        dtype, as the copied blocks already are: float32 there would double their memory and time (at 14B
+        these layers hold 2.5 B parameters: 10.1 GB in float32, 5.0 GB in bf16). The two patch embeddings stay float32, as Wan keeps its own;
+        the LoRA part is merged by ComfyUI from the file's tensors and is not used from here."""
+        for part in (self.patch_branch.proj, self.global_branch.merge, self.gca, self.micro):
+            part.to(dtype)
+        return self
 
     def lora_for(self, block: int, target: str) -> LoRA:
         return self.lora[_module_name(block, target)]

@@ -47,6 +47,12 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         cfg = AdapterConfig.from_json(meta[META_KEY])
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"adapter '{name}' has an unreadable config ({e}).") from e
+    if cfg.format_version < FORMAT_VERSION:
+        raise ValueError(
+            f"adapter '{name}' uses file format {cfg.format_version}, from before this pack gave the global branch "
+            f"the text prompt and noised its input in the model's latent space (format {FORMAT_VERSION}); it was "
+            "trained for the old inputs. Train it again with this version."
+        )
     if cfg.format_version > FORMAT_VERSION:
         raise ValueError(
             f"adapter '{name}' uses file format {cfg.format_version}; this pack reads up to {FORMAT_VERSION}. Update ComfyUI-PatchVSR."

@@ -1,5 +1,8 @@
 """Running a Wan DiT with the PatchVSR adapter, through the block-replacement hook the host's WanModel
-offers (`transformer_options["patches_replace"]["dit"][("double_block", i)]`).
+offers (`transformer_options["patches_replace"]["dit"][("double_block", i)]`) and, inside the block, the
+attention override every ComfyUI attention function honours (`transformer_options
+["optimized_attention_override"]`), which gives G-CA the text cross-attention's query without touching the
+block's code.
 
 Pure PyTorch: the base model is used through its own attributes (time_embedding, time_projection,
 text_embedding, rope_encode, blocks), so the same code serves the ComfyUI sampler and the trainer.
@@ -23,11 +26,14 @@ TIMESTEP_SCALE = 1000.0  # Wan's DiT takes t * 1000
 
 @dataclass(frozen=True)
 class AdapterCall:
-    """What the block patches add in one DiT call (rows as in the call's batch)."""
+    """What the block patches add in one DiT call. The call's B rows are `repeat` copies (batch-major) of
+    the hints' b rows: the patch branch's input is the same for the cond and uncond rows of a patch, so it
+    runs once for them (B = repeat * b)."""
 
-    hints: tuple  # K x [B, L, D] patch-branch features
-    tokens: torch.Tensor | None  # [B, G, D] global-branch tokens, or None without a global context
+    hints: tuple  # K x [b, L, D] patch-branch features
+    tokens: torch.Tensor | None  # [B, G, D] global-branch tokens (they read each row's prompt), or None
     micro: torch.Tensor  # [B, 1, 6, D] time-modulation delta
+    repeat: int = 1
 
 
 def time_modulation(dm, t: torch.Tensor, dtype) -> torch.Tensor:
@@ -51,38 +57,83 @@ def rope_fn(dm, device, dtype) -> Callable:
     return lambda t, h, w: dm.rope_encode(t * p[0], h * p[1], w * p[2], device=device, dtype=dtype)
 
 
+def patch_hints(dm, adapter: PatchVSRAdapter, lr: torch.Tensor) -> list:
+    """lr: [b, C, T, H, W] LR patch latent already noised -> K x [b, L, D] patch-branch hints."""
+    b, dtype, device = lr.shape[0], lr.dtype, lr.device
+    t_patch = torch.full((b,), adapter.cfg.patch_noise_t, device=device)
+    prompt = fixed_prompt(dm, b, device, dtype)
+    return adapter.patch_branch(lr, time_modulation(dm, t_patch, dtype), rope_fn(dm, device, dtype), prompt)
+
+
+def global_tokens(dm, adapter: PatchVSRAdapter, g: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
+                  noise_t: float | None = None) -> torch.Tensor:  # fmt: skip
+    """g: [b, C, T, gh, gw] global latent already noised to noise_t (default: the config's); mask:
+    [b, 1, T, gh, gw]; context: [b, Lt, text_dim] the text prompt as given to the base -> [b, G, D]."""
+    b, dtype, device = g.shape[0], g.dtype, g.device
+    t = torch.full((b,), adapter.cfg.global_noise_t if noise_t is None else noise_t, device=device)
+    prompt = dm.text_embedding(context.to(device, dtype))
+    return adapter.global_branch(g, mask, time_modulation(dm, t, dtype), rope_fn(dm, device, dtype), prompt)
+
+
 def compute_call(dm, adapter: PatchVSRAdapter, lr: torch.Tensor, micro: torch.Tensor,
                  global_latent: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 tokens: torch.Tensor | None = None) -> AdapterCall:  # fmt: skip
+                 context: torch.Tensor | None = None) -> AdapterCall:  # fmt: skip
     """lr: [B, C, T, H, W] LR patch latent already noised; micro: [B, 6]; global_latent: [B, C, T, gh, gw]
-    noised; mask: [B, 1, T, gh, gw]. Pass `tokens` to reuse global tokens computed before."""
-    b, dtype, device = lr.shape[0], lr.dtype, lr.device
-    rope = rope_fn(dm, device, dtype)
-    prompt = fixed_prompt(dm, b, device, dtype)
-    t_patch = torch.full((b,), adapter.cfg.patch_noise_t, device=device)
-    hints = adapter.patch_branch(lr, time_modulation(dm, t_patch, dtype), rope, prompt)
-    if tokens is None and global_latent is not None:
-        t_glob = torch.full((b,), adapter.cfg.global_noise_t, device=device)
-        tokens = adapter.global_branch(global_latent, mask, time_modulation(dm, t_glob, dtype), rope, prompt)
-    return AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(dtype))
+    noised; mask: [B, 1, T, gh, gw]; context: [B, Lt, text_dim] the base's text prompt (the global branch
+    reads it too)."""
+    hints = patch_hints(dm, adapter, lr)
+    tokens = None
+    if global_latent is not None:
+        assert context is not None, "the global branch reads the text prompt: pass the base's context"
+        tokens = global_tokens(dm, adapter, global_latent, mask, context)
+    return AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(lr.dtype))
+
+
+def gca_override(gca, tokens: torch.Tensor, text_len: int, inner: Callable | None) -> Callable:
+    """An `optimized_attention_override` for one run of one block: the block's second attention is its text
+    cross-attention (WanAttentionBlock: self-attention, then cross-attention); G-CA's output is added to
+    that attention's output, before the cross-attention's output projection. `inner` is an override
+    another extension set: it still computes every attention of the base."""
+    seen = [0]
+
+    def override(func, q, k, v, *args, **kwargs):
+        out = inner(func, q, k, v, *args, **kwargs) if inner is not None else func(q, k, v, *args, **kwargs)
+        seen[0] += 1
+        if seen[0] == 2:
+            assert k.shape[1] == text_len and q.ndim == 3, (
+                f"the block's second attention has keys {tuple(k.shape)}, not the {text_len} text tokens: "
+                "this host's Wan block is not self-attention then text cross-attention"
+            )
+            out = out + gca(q, tokens).to(out.dtype)
+        return out
+
+    return override
 
 
 def block_patch(
     adapter: PatchVSRAdapter, index: int, block, checkpoint: bool = False, inner: Callable | None = None
 ) -> Callable:
-    """The replacement for base block `index`: the original block, then the adapter's additions.
-    checkpoint=True recomputes the block in the backward pass (training memory). `inner(args, extra)` is a
-    block replacement another extension set before this one: it runs in place of the original block, so
-    both take effect."""
+    """The replacement for base block `index`: the original block with the micro-conditions in its
+    modulation (and, with gca_in_cross_attention, G-CA inside its text cross-attention through the attention
+    override), then the patch branch's hint and (by default) G-CA added to its output. checkpoint=True
+    recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
+    another extension set before this one: it runs in place of the original block, so both take effect."""
     interval = adapter.cfg.interval_of(index)
+    gca = adapter.gca[index]
+    inside = adapter.cfg.gca_in_cross_attention
 
     def patch(args: dict, extra: dict) -> dict:
-        def run(a: dict) -> dict:
-            return extra["original_block"](a) if inner is None else inner(a, extra)
-
         call: AdapterCall | None = args["transformer_options"].get(CALL_KEY)
         if call is None:  # a call without adapter data (e.g. another sampler sharing the model): untouched
-            return run(args)
+            return extra["original_block"](args) if inner is None else inner(args, extra)
+        opts = args["transformer_options"]
+
+        def run(a: dict) -> dict:
+            if inside and call.tokens is not None:  # a fresh override per run: it counts the block's attentions
+                override = gca_override(gca, call.tokens, a["txt"].shape[1], opts.get("optimized_attention_override"))
+                a = {**a, "transformer_options": {**opts, "optimized_attention_override": override}}
+            return extra["original_block"](a) if inner is None else inner(a, extra)
+
         args = {**args, "vec": args["vec"] + call.micro}
         if checkpoint and torch.is_grad_enabled():
             x = torch.utils.checkpoint.checkpoint(
@@ -93,13 +144,15 @@ def block_patch(
             )
         else:
             x = run(args)["img"]
-        x = x + call.hints[interval].to(x)
-        if call.tokens is not None:
-            # G-CA shares the query of the block's own text cross-attention (paper section 3.2).
+        if not inside and call.tokens is not None:
+            # G-CA shares the projection of the block's own text cross-attention query (paper section 3.2).
             ca = block.cross_attn
-            q = ca.norm_q(ca.q(block.norm3(x)))
-            x = x + adapter.gca[index](q, call.tokens.to(x))
-        return {"img": x}
+            x = x + gca(ca.norm_q(ca.q(block.norm3(x))), call.tokens.to(x))
+        hint = call.hints[interval].to(x)
+        if call.repeat == 1:
+            return {"img": x + hint}
+        rows = rearrange(x, "(r b) l d -> r b l d", r=call.repeat) + hint  # no copy of the hint per row
+        return {"img": rearrange(rows, "r b l d -> (r b) l d")}
 
     return patch
 

@@ -28,6 +28,9 @@ class ContextConfig:
     # Gaussian sigma of the low-pass, as a fraction of the patch's smaller side in latent cells: large
     # enough to hold only colour and tone, so the patch's own detail is never pulled toward the blur.
     lowpass_frac: float = 0.125
+    # Anchoring with a trained adapter connected: off unless asked. The adapter has learnt its own use of the
+    # global view (G-CA); anchoring on top pulls its output toward a blur it was never trained against.
+    with_adapter: bool = False
 
 
 def location_mask(box: Box, latent_hw: tuple[int, int], global_hw: tuple[int, int]) -> torch.Tensor:
@@ -47,11 +50,14 @@ def location_masks(plan: PatchPlan, global_hw: tuple[int, int]) -> torch.Tensor:
     return torch.stack([location_mask(b, (H, W), global_hw) for b in plan.boxes])
 
 
-def lowpass_sigma(plan: PatchPlan, cfg: ContextConfig) -> float:
-    """Low-pass sigma in full-size latent cells, never finer than the global view's own cell size."""
+def lowpass_sigma(plan: PatchPlan, cfg: ContextConfig, global_hw: tuple[int, int]) -> float:
+    """Low-pass sigma in full-size latent cells: a fraction of the patch's smaller side, never finer than
+    one cell of the global view (global_hw: its latent size) seen at full size, below which the anchor would
+    pull each patch toward the bilinear upsampling's own texture instead of the frame's colour and tone."""
     _, H, W = plan.latent_shape
     ph, pw = plan.config.patch_hw
-    return max(1.0, cfg.lowpass_frac * min(ph, pw))
+    gh, gw = global_hw
+    return max(1.0, cfg.lowpass_frac * min(ph, pw), H / gh, W / gw)
 
 
 def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -77,7 +83,10 @@ def global_lowpass(global_latent: torch.Tensor, plan: PatchPlan, sigma: float) -
 
 
 def anchor_low_frequency(x0: torch.Tensor, global_lp: torch.Tensor, strength: float, sigma: float) -> torch.Tensor:
-    """x0, global_lp: [B, C, t, h, w] -> x0 with its low frequencies moved toward the global view's."""
+    """x0, global_lp: [B, C, t, h, w] in the model's normalised latent space -> x0 with its low frequencies
+    moved toward the global view's, computed in float32 (a bf16 difference of two blurs loses the small
+    colour offsets this is for) and returned in x0's dtype."""
     if strength == 0.0:
         return x0
-    return x0 + strength * (global_lp - lowpass(x0, sigma))
+    x = x0.float()
+    return (x + strength * (global_lp.float() - lowpass(x, sigma))).to(x0.dtype)

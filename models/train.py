@@ -327,7 +327,8 @@ class Trainer:
         )
         context = self.text(caption).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            call = rt.compute_call(self.dm, self.adapter, cond, micro, g, mask)
+            # The global branch reads the base's prompt (null 10% of the time, for both: paper, Text Prompts).
+            call = rt.compute_call(self.dm, self.adapter, cond, micro, g, mask, context)
             v = rt.forward(self.dm, self.adapter, z_t, t, context, call, checkpoint=self.cfg.grad_checkpointing)
         return F.mse_loss(v.float(), v_target.float())
 

@@ -56,6 +56,7 @@ def load(model, adapter_name: str) -> LoadedAdapter:
     # loaded in (fp8 weights, scaled fp8, quantized tensors).
     dtype = compute_dtype(model)
     adapter = load_adapter(path, dm.blocks, dm.patch_embedding, base_dims(model), dtype, real_weight).eval()
+    adapter.cast_for_inference(dtype)
     adapter.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(
         adapter, load_device=model.load_device, offload_device=comfy.model_management.unet_offload_device()

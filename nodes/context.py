@@ -8,7 +8,6 @@ import torch
 from comfy_api.latest import io
 
 from ..models.context import ContextConfig, location_masks
-from ..models.flow import noise_to
 from ..models.video import resize_frames, resize_latent
 from .encode import check_lr_input
 from .host import FAMILIES, check_vae, vae_encode
@@ -19,12 +18,16 @@ from .sockets import CATEGORY, GlobalContextType, PatchPlanType
 class GlobalContext:
     config: ContextConfig
     latent: torch.Tensor  # [1, C, T, gh, gw] raw VAE latent of the whole video at patch size
-    noised: torch.Tensor  # [1, C, T, gh, gw] the same noised to config.noise_t: the global branch's input
+    # [1, C, T, gh, gw] the seeded noise a trained global branch's input is noised with. The sampler adds it
+    # in the model's normalised space (process_in), where the trainer adds it: noise added to the raw VAE
+    # latent would reach the branch scaled and shifted per channel.
+    noise: torch.Tensor
     masks: torch.Tensor  # [N, gh, gw] binary location mask of each of the plan's boxes
     plan_key: tuple  # (config, geometry) of the plan it was built for, to catch a context wired to another plan
 
 
-def encode_context(plan, vae, images, latent, strength: float, noise_t: float, seed: int) -> GlobalContext:
+def encode_context(plan, vae, images, latent, strength: float, noise_t: float, seed: int,
+                   anchor_with_adapter: bool = False) -> GlobalContext:  # fmt: skip
     g = plan.geometry
     check_vae(vae, FAMILIES[g.latent_channels])
     images = check_lr_input(plan, images, latent)
@@ -37,9 +40,9 @@ def encode_context(plan, vae, images, latent, strength: float, noise_t: float, s
         lat = resize_latent(latent["samples"], (ph // s, pw // s))
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(lat.shape, generator=gen).to(lat)
-    cfg = ContextConfig(strength=strength, noise_t=noise_t)
+    cfg = ContextConfig(strength=strength, noise_t=noise_t, with_adapter=anchor_with_adapter)
     masks = location_masks(plan, tuple(lat.shape[-2:]))
-    return GlobalContext(cfg, lat, noise_to(lat, noise_t, noise), masks, (plan.config, plan.geometry))
+    return GlobalContext(cfg, lat, noise, masks, (plan.config, plan.geometry))
 
 
 class GlobalContextEncoder(io.ComfyNode):
@@ -64,7 +67,7 @@ class GlobalContextEncoder(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.05,
-                    tooltip="How strongly each patch's low frequencies (colour, tone) are pulled toward the whole-frame view at every step. 0 = off.",
+                    tooltip="How strongly each patch's low frequencies (colour, tone) are pulled toward the whole-frame view at every step. 0 = off. With a trained adapter this anchoring is off unless anchor_with_adapter is on.",
                 ),
                 io.Float.Input(
                     "noise_t",
@@ -82,6 +85,13 @@ class GlobalContextEncoder(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Seed of the noise added to the global latent.",
                 ),
+                io.Boolean.Input(
+                    "anchor_with_adapter",
+                    default=False,
+                    optional=True,
+                    tooltip="Also anchor low frequencies when a trained adapter is connected to the sampler. Off: the adapter "
+                    "uses the global view through its own global branch, as it was trained.",
+                ),
             ],
             outputs=[
                 GlobalContextType.Output(display_name="context", tooltip="The global context for PatchVSR Sampler.")
@@ -89,5 +99,6 @@ class GlobalContextEncoder(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, plan, vae, strength, noise_t, seed, images=None, latent=None) -> io.NodeOutput:
-        return io.NodeOutput(encode_context(plan, vae, images, latent, strength, noise_t, seed))
+    def execute(cls, plan, vae, strength, noise_t, seed, images=None, latent=None,
+                anchor_with_adapter=False) -> io.NodeOutput:  # fmt: skip
+        return io.NodeOutput(encode_context(plan, vae, images, latent, strength, noise_t, seed, anchor_with_adapter))

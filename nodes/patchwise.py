@@ -42,8 +42,10 @@ class NonFiniteEvaluation(ValueError):
 
 class AdapterInputs:
     """What a trained adapter reads per patch: the LR patch latent noised to its t (fixed noise, so every
-    step sees the same condition), the global latent with the patch's location mask, micro-conditions.
-    Global tokens do not change between steps, so they are computed once per patch and cached."""
+    step sees the same condition), the global latent with the patch's location mask and the row's prompt,
+    micro-conditions. The patch branch runs once per patch and DiT call, shared by the call's cond and
+    uncond rows (its input does not depend on the prompt); global tokens do not change between steps, so
+    they are computed once per patch and prompt and cached."""
 
     def __init__(self, loaded, dm, plan, context, lr_latent: torch.Tensor, latent_format, seed: int):
         self.loaded, self.dm, self.plan, self.context = loaded, dm, plan, context
@@ -51,21 +53,31 @@ class AdapterInputs:
         gen = torch.Generator().manual_seed((seed + 1) % 2**64)  # not the sampler's noise: independent
         lr = latent_format.process_in(lr_latent.float())
         self.lr_noised = noise_to(lr, cfg.patch_noise_t, torch.randn(lr.shape, generator=gen))
-        self.global_noised = latent_format.process_in(context.noised.float())
+        # Noised in the model's normalised space, as the trainer does (models/train.py).
+        g = latent_format.process_in(context.latent.float())
+        self.global_noised = noise_to(g, context.config.noise_t, context.noise.float())
         self.box_index = {box: i for i, box in enumerate(plan.boxes)}
-        self.tokens: dict = {}
+        self.prompts: list[torch.Tensor] = []  # the distinct prompts seen ([Lt, text_dim] rows)
+        self.tokens: dict = {}  # (patch, prompt index) -> [1, G, D]
 
-    def _tokens(self, adapter, patch, device, dtype) -> torch.Tensor:
-        if patch not in self.tokens:
+    def _prompt(self, row: torch.Tensor) -> int:
+        """Index of a prompt row among those seen: the cond and uncond rows keep theirs for the whole run."""
+        for i, p in enumerate(self.prompts):
+            if p.shape == row.shape and p.device == row.device and torch.equal(p, row):
+                return i
+        self.prompts.append(row.clone())  # a view would keep the whole call's context alive
+        return len(self.prompts) - 1
+
+    def _tokens(self, adapter, patch, prompt: int, device, dtype) -> torch.Tensor:
+        if (patch, prompt) not in self.tokens:
             win, box = patch
             g = self.global_noised[:, :, win.t0 : win.t1].to(device, dtype)
             mask = rt.location_mask_volume(self._mask(box)[None], win.length).to(g)
-            t = torch.full((1,), adapter.cfg.global_noise_t, device=device)
-            prompt = rt.fixed_prompt(self.dm, 1, device, dtype)
-            self.tokens[patch] = adapter.global_branch(
-                g, mask, rt.time_modulation(self.dm, t, dtype), rt.rope_fn(self.dm, device, dtype), prompt
+            text = self.prompts[prompt][None]
+            self.tokens[(patch, prompt)] = rt.global_tokens(
+                self.dm, adapter, g, mask, text, self.context.config.noise_t
             )
-        return self.tokens[patch]
+        return self.tokens[(patch, prompt)]
 
     def _mask(self, box) -> torch.Tensor:
         """[gh, gw] location mask of `box`: the context's own for the plan's boxes; the shifted grids' boxes
@@ -74,21 +86,22 @@ class AdapterInputs:
             return self.context.masks[self.box_index[box]]
         return location_mask(box, self.plan.latent_shape[1:], tuple(self.context.masks.shape[-2:]))
 
-    def call(self, patches, batch: int, device, dtype) -> rt.AdapterCall:
-        """The adapter's per-patch inputs for one DiT call, rows batch-major like the latent crops."""
+    def call(self, patches, context: torch.Tensor, device, dtype) -> rt.AdapterCall:
+        """The adapter's inputs for one DiT call over `patches`; context: [B, Lt, text_dim] the call's prompt
+        per latent row. The call's rows are batch-major, (B k), like the latent crops."""
         adapter = self.loaded.patcher.model
         _, H, W = self.plan.latent_shape
-        lr, micro, tokens = [], [], []
-        for win, box in patches:
-            lr.append(crop(self.lr_noised, win, box).to(device, dtype))
+        batch = context.shape[0]
+        lr = torch.cat([crop(self.lr_noised, win, box) for win, box in patches]).to(device, dtype)
+        hints = rt.patch_hints(self.dm, adapter, lr)  # [k, L, D] each: once for every row of these patches
+        micro = []
+        for _, box in patches:
             frac = (box.y0 / H, box.x0 / W, box.y1 / H, box.x1 / W)
             micro.append(rt.micro_vector(self.plan.geometry.scale, adapter.cfg.patch_noise_t, frac, 1, device))
-            tokens.append(self._tokens(adapter, (win, box), device, dtype))
-
-        def rows(parts):  # k x [1, ...] -> [(B k), ...]
-            return torch.cat(parts).repeat(batch, *([1] * (parts[0].ndim - 1)))
-
-        return rt.compute_call(self.dm, adapter, rows(lr), rows(micro), tokens=rows(tokens))
+        micro = torch.cat(micro).repeat(batch, 1)
+        prompts = [self._prompt(row) for row in context]
+        tokens = torch.cat([self._tokens(adapter, patch, p, device, dtype) for p in prompts for patch in patches])
+        return rt.AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(dtype), repeat=batch)
 
 
 class PatchwiseDiffusion:
@@ -163,21 +176,26 @@ class PatchwiseDiffusion:
         self.progress.set(self.done[min(step + 1, last)])
 
     def _anchor(self, x: torch.Tensor, sigmas: torch.Tensor):
-        """The training-free global context: a per-patch post-processing of the prediction, or None."""
+        """The training-free global context: a per-patch post-processing of the prediction, or None. With a
+        trained adapter it runs only when the context asks for it (ContextConfig.with_adapter)."""
         ctx = self.context
         if ctx is None or ctx.config.strength == 0.0:
             return None
-        sigma_px = lowpass_sigma(self.jm.plan, ctx.config)
+        if self.adapter is not None and not ctx.config.with_adapter:
+            return None
+        sigma_px = lowpass_sigma(self.jm.plan, ctx.config, tuple(ctx.latent.shape[-2:]))
         if self._global_lp is None or self._global_lp.device != x.device:
+            # In the model's normalised space, the space of x0 below (the context holds the raw VAE latent).
             g = self.latent_format.process_in(ctx.latent.to(x.device, torch.float32))
             self._global_lp = global_lowpass(g, self.jm.plan, sigma_px)
 
         def post(v, x_patch, patch):
-            # x0 = x - sigma v (rectified flow); anchor x0's low frequencies, then back to a velocity.
-            s = sigmas.view(-1, 1, 1, 1, 1).to(v)
-            x0 = x_patch - s * v
-            x0 = anchor_low_frequency(x0, crop(self._global_lp, *patch).to(v), ctx.config.strength, sigma_px)
-            return (x_patch - x0) / s.clamp_min(1e-6)
+            # x0 = x - sigma v (rectified flow); anchor x0's low frequencies, then back to a velocity, all
+            # in float32 (in bf16, x - x0 loses the small offset at low sigma).
+            s = sigmas.view(-1, 1, 1, 1, 1).to(v.device, torch.float32)
+            x0 = x_patch.float() - s * v.float()
+            x0 = anchor_low_frequency(x0, crop(self._global_lp, *patch), ctx.config.strength, sigma_px)
+            return ((x_patch.float() - x0) / s.clamp_min(1e-6)).to(v.dtype)
 
         return post
 
@@ -216,7 +234,7 @@ class PatchwiseDiffusion:
             k = len(patches)
             opts = dict(transformer_options, patchvsr={"patches": tuple(patches), "batch": batch})
             if self.adapter is not None:
-                opts[rt.CALL_KEY] = self.adapter.call(patches, batch, xs.device, xs.dtype)
+                opts[rt.CALL_KEY] = self.adapter.call(patches, context, xs.device, xs.dtype)
             extra = {name: patch_rows(v, patches, batch, thw) for name, v in kwargs.items()}
             t = patch_timesteps(timestep, patches, thw[0])
             out = executor(xs, t, context.repeat_interleave(k, dim=0), None, None, opts, *args, **extra)

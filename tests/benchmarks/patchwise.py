@@ -9,7 +9,9 @@ of the stand-in models in tests/harness/fusion_proxies.py, and the wall time per
 once, combined by the 50-step schedule), the share of wall time spent outside the DiT and the process's
 peak resident memory. Each size runs in its own process so peaks do not mix. Times are for one run on this
 machine: compare ratios, not seconds. A second table projects FLOPs and time per step for the real Wan 2.1
-1.3B and 14B configs on a named GPU: a projection from a FLOP count, not a measurement.
+1.3B and 14B configs on a named GPU: a projection from a FLOP count, not a measurement. A last section
+measures the cost of a trained adapter's step against a plain step (one patch, cond and uncond rows) on a
+DiT of Wan 1.3B's depth ratio, and projects it for the real configs.
 """
 
 from __future__ import annotations
@@ -154,6 +156,117 @@ def step_flops(schedule, steps: int, cfg: dict) -> float:
     )
 
 
+# The adapter section: a DiT whose patch branch is as deep, relative to the base, as Wan 2.1 1.3B's (K =
+# layers / 6: 1 of 6 here, 5 of 30 there), at one 480x832 patch with its cond and uncond rows (cfg > 1).
+ADAPTER_DIT = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=6)
+ADAPTER_REPEATS = 3  # timed runs per variant after a warm-up; the median is reported
+
+
+def adapter_cost(frames: int) -> dict:
+    """CPU seconds of one model evaluation (a patch's cond and uncond rows, as the sampler batches them)
+    plain, with the adapter as the sampler runs it (patch branch once for both rows, global tokens cached),
+    and with the patch branch recomputed per row (the cost the sharing removes); and the one-off global
+    branch per patch and prompt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from harness.paths import comfy_root
+
+    sys.path.insert(0, str(comfy_root()))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.ldm.wan.model
+    import comfy.ops
+    import torch
+    from harness.tiny_models import _init_
+
+    from models import adapter_runtime as rt
+    from models.adapter import AdapterConfig, PatchVSRAdapter
+    from models.plan import latent_frames
+
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    dit = comfy.ldm.wan.model.WanModel(
+        model_type="t2v", in_dim=16, out_dim=16, operations=comfy.ops.disable_weight_init, **ADAPTER_DIT
+    )
+    _init_(dit, 0)
+    d = ADAPTER_DIT
+    adapter = PatchVSRAdapter(AdapterConfig.for_base(d["dim"], d["num_layers"], d["num_heads"], 16),
+                              dit.blocks, dit.patch_embedding)  # fmt: skip
+    inside = PatchVSRAdapter(AdapterConfig.for_base(d["dim"], d["num_layers"], d["num_heads"], 16,
+                                                    gca_in_cross_attention=True), dit.blocks, dit.patch_embedding)  # fmt: skip
+    for p in (*adapter.parameters(), *inside.parameters()):  # small non-zero outputs, as a trained adapter has
+        p.add_(torch.randn(p.shape) * 0.01)
+    T, h, w = latent_frames(frames), PATCH_PX[0] // STRIDE, PATCH_PX[1] // STRIDE
+    x = torch.randn(2, 16, T, h, w)
+    t = torch.full((2,), 0.5)
+    context = torch.randn(2, 64, 4096)  # cond and uncond prompts
+    lr, glob = torch.randn(1, 16, T, h, w), torch.randn(2, 16, T, h, w)
+    mask = torch.zeros(2, 1, T, h, w)
+    mask[..., : h // 2, : w // 2] = 1
+    micro = adapter.micro(rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu"))
+    tokens = rt.global_tokens(dit, adapter, glob, mask, context)
+
+    def plain():
+        dit(x, t * rt.TIMESTEP_SCALE, context)
+
+    def shared():  # as nodes/patchwise.py runs it
+        call = rt.AdapterCall(tuple(rt.patch_hints(dit, adapter, lr)), tokens, micro, repeat=2)
+        rt.forward(dit, adapter, x, t, context, call)
+
+    def shared_inside():  # the same with G-CA inside the text cross-attention
+        call = rt.AdapterCall(tuple(rt.patch_hints(dit, inside, lr)), tokens, micro, repeat=2)
+        rt.forward(dit, inside, x, t, context, call)
+
+    def per_row():
+        call = rt.AdapterCall(tuple(rt.patch_hints(dit, adapter, lr.expand(2, -1, -1, -1, -1))), tokens, micro)
+        rt.forward(dit, adapter, x, t, context, call)
+
+    def global_once():
+        rt.global_tokens(dit, adapter, glob[:1], mask[:1], context[:1])
+
+    # Interleaved rounds, so a change in the machine's load during the run hits every variant alike; CPU
+    # time of this process (one thread), which a busy shared machine disturbs far less than wall time.
+    torch.set_num_threads(1)
+    variants = {"plain": plain, "shared": shared, "inside": shared_inside, "per_row": per_row, "global": global_once}
+    times = {name: [] for name in variants}
+    shared()  # warm-up: first-call allocations
+    for _ in range(ADAPTER_REPEATS):
+        for name, fn in variants.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    out = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return out | {"cfg": adapter.cfg.__dict__, "tokens": T * (h // 2) * (w // 2)}
+
+
+def adapter_projection() -> list[dict]:
+    """FLOPs an adapter adds to one patch's model evaluation, per real config and G-CA placement, with
+    cfg > 1 (2 rows) and cfg 1: the patch branch once per patch (K copied blocks over the patch's tokens, a
+    1-token prompt), G-CA in every block (keys and values on the global tokens, attention from every patch
+    token; after the block it also projects its own query and output over the patch's tokens, inside the
+    text cross-attention it shares both), the micro-conditions (negligible); the LoRA is merged."""
+    T = latent_frames_of(CLIP_FRAMES)
+    tokens = T * (PATCH_PX[0] // STRIDE // 2) * (PATCH_PX[1] // STRIDE // 2)
+    g = tokens // 16  # two 2x2 merges
+    out = []
+    for model, cfg in WAN.items():
+        dim, layers = cfg["dim"], cfg["num_layers"]
+        k = max(1, layers // 6)
+        block = dit_flops(tokens, dim, cfg["ffn_dim"], 1) - 4 * tokens * TEXT_TOKENS * dim - 4 * TEXT_TOKENS * dim * dim
+        base = dit_flops(tokens, **cfg)  # per row
+        for placement, qo in (("after the block (default)", 2 * 2 * tokens * dim * dim), ("inside cross-attention", 0)):
+            gca = layers * (4 * tokens * g * dim + 2 * 2 * g * dim * dim + qo)  # per row
+            out.append({"model": model, "placement": placement, "k": k, "cfg2": (k * block + 2 * gca) / (2 * base),
+                        "cfg1": (k * block + gca) / base})  # fmt: skip
+    return out
+
+
+def latent_frames_of(frames: int) -> int:
+    return (frames - 1) // 4 + 1
+
+
 def projection() -> list[dict]:
     """FLOPs per step and a projected time for an 81-frame clip, per Wan config, size and mode (cfg 1: one
     evaluation per step; cfg > 1 doubles it). Cost per patch from its token count, as the sampler runs it."""
@@ -186,13 +299,50 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--frames", type=int, default=1, help="pixel frames (1 + 4k); 1 keeps 4K within minutes")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--projection", action="store_true", help="print only the projection (no CPU runs)")
+    parser.add_argument("--adapter-only", action="store_true", help="only the adapter section")
     args = parser.parse_args(argv)
+    if args.one == "adapter":
+        print(json.dumps(adapter_cost(args.frames)))
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.frames)))
         return
     if args.projection:
         print_projection()
         return
+    if not args.adapter_only:
+        fusion_tables(args)
+    adapter_tables(args)
+
+
+def adapter_tables(args) -> None:
+    cmd = [sys.executable, __file__, "--one", "adapter", "--frames", str(args.frames)]
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    d = ADAPTER_DIT
+    print(f"\nAdapter step against a plain step, measured: Wan DiT {d} with the default adapter "
+          f"({len(r['cfg']['patch_blocks'])} patch-branch blocks, {len(r['cfg']['global_blocks'])} global), random "
+          f"weights, CPU; one {PATCH_PX[1]}x{PATCH_PX[0]} patch ({r['tokens']} tokens, {args.frames} frame(s)), its "
+          f"cond and uncond rows in one evaluation (cfg > 1); one thread, CPU time, median of {ADAPTER_REPEATS} "
+          "interleaved runs.\n")  # fmt: skip
+    print("| evaluation | CPU time | vs plain |")
+    print("|---|---|---|")
+    for name, key in (("plain DiT", "plain"), ("with adapter (patch branch once for both rows)", "shared"),
+                      ("the same, G-CA inside the text cross-attention (opt-in)", "inside"),
+                      ("with adapter, patch branch per row (before)", "per_row")):  # fmt: skip
+        print(f"| {name} | {r[key]:.3f} s | {r[key] / r['plain']:.3f}× |")
+    print(
+        f"| global branch, once per patch and prompt per run (not per step) | {r['global']:.3f} s "
+        f"| {r['global'] / r['plain']:.3f}× |"
+    )
+    print(f"\nProjection, not a measurement: FLOPs the adapter adds to a patch's evaluation for an {CLIP_FRAMES}-frame "
+          "clip (patch branch once per patch, G-CA in every block; the LoRA is merged into the weights).\n")  # fmt: skip
+    print("| model | G-CA | patch-branch blocks | adapter cost, cfg > 1 (2 rows) | cfg 1 |")
+    print("|---|---|---|---|---|")
+    for p in adapter_projection():
+        print(f"| {p['model']} | {p['placement']} | {p['k']} | +{100 * p['cfg2']:.1f}% | +{100 * p['cfg1']:.1f}% |")
+
+
+def fusion_tables(args) -> None:
     rows = []
     for name in SIZES:
         cmd = [sys.executable, __file__, "--one", name, "--frames", str(args.frames)]

@@ -60,6 +60,24 @@ def test_adapter_changes_the_result_and_two_adapters_do_not_interfere(server, ob
     assert (alone_a - plain).abs().max() > 1e-4, "the adapter changed nothing"
 
 
+def test_anchoring_is_off_with_an_adapter_unless_asked(server, object_info):
+    """With an adapter connected, the training-free anchoring runs only when the context's
+    anchor_with_adapter is on: the default context and a strength-0 one give the same latent."""
+    prompt = with_adapters(object_info, [ADAPTERS["a"]])
+    ctx = next(k for k, n in prompt.items() if n["class_type"] == "PatchVSR_GlobalContext")
+    assert prompt[ctx]["inputs"]["strength"] > 0 and not prompt[ctx]["inputs"].get("anchor_with_adapter")
+    for i, inputs in ((1, {"strength": 0.0}), (2, {"anchor_with_adapter": True})):
+        prompt[f"98{i}"] = json.loads(json.dumps(prompt[ctx]))
+        prompt[f"98{i}"]["inputs"].update(inputs)
+        prompt[f"96{i}"] = json.loads(json.dumps(prompt["960"]))
+        prompt[f"96{i}"]["inputs"]["context"] = [f"98{i}", 0]
+        prompt[f"97{i}"] = {"class_type": "SaveLatent",
+                            "inputs": {"samples": [f"96{i}", 0], "filename_prefix": f"latents/adapter_{i}"}}  # fmt: skip
+    out = latents(server, server.run(prompt))
+    assert (out["0"] - out["1"]).abs().max() == 0, "the anchoring ran with an adapter although not asked"
+    assert (out["0"] - out["2"]).abs().max() > 1e-4, "anchor_with_adapter changed nothing"
+
+
 def _plain_with_save(object_info):
     prompt = override(small(object_info), "PatchVSR_Sampler", t0=0.6, seed=3)
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "PatchVSR_Sampler")

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from einops import rearrange
 from harness.inprocess import tiny_wan
 from safetensors.torch import load_file, save_file
 
@@ -13,6 +14,7 @@ from models.adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, equal
 from models.adapter_file import load_adapter, read_adapter, save_adapter
 
 DIMS = (128, 3, 1, 16)  # dim, layers, heads, channels of the tiny base
+MICRO = rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_untrained_adapter_is_an_exact_identity(dm, hw):
     base = dm(x, t * 1000, ctx)
     hooks = rt.add_lora_hooks(adapter, dm.blocks)
     try:
-        call = rt.compute_call(dm, adapter, lr, rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu"), glob, mask)
+        call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
         patched = rt.forward(dm, adapter, x, t, ctx, call)
     finally:
         for h in hooks:
@@ -71,7 +73,7 @@ def test_every_part_reaches_the_output(dm):
         adapter = make(dm)
         adapter.get_parameter(param).normal_(0, 0.05)
         hooks = rt.add_lora_hooks(adapter, dm.blocks)
-        call = rt.compute_call(dm, adapter, lr, rt.micro_vector(2.0, 0.25, (0, 0, 0.5, 0.5), 2, "cpu"), glob, mask)
+        call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
         out = rt.forward(dm, adapter, x, t, ctx, call)
         for h in hooks:
             h.remove()
@@ -118,7 +120,8 @@ def rewrite(path, tensors=None, meta=None):
 
 
 @pytest.mark.parametrize("damage,message", [
-    ("newer", "uses file format 2; this pack reads up to 1"),
+    ("newer", f"uses file format {FORMAT_VERSION + 1}; this pack reads up to {FORMAT_VERSION}"),
+    ("older", "uses file format 1, from before this pack gave the global branch the text prompt"),
     ("base", "was trained for another base model: base_layers 3 (model: 4)"),
     ("missing", "1 missing keys"),
     ("unexpected", "1 unexpected keys ['extra.weight']"),
@@ -131,8 +134,8 @@ def test_loader_rejects_bad_files_with_what_differs(dm, tmp_path, damage, messag
     path = save_adapter(wake(make(dm)), tmp_path / "a.safetensors")
     cfg, t = read_adapter(path)
     dims = DIMS
-    if damage == "newer":
-        raw = json.loads(cfg.to_json()) | {"format_version": FORMAT_VERSION + 1}
+    if damage in ("newer", "older"):
+        raw = json.loads(cfg.to_json()) | {"format_version": FORMAT_VERSION + 1 if damage == "newer" else 1}
         rewrite(path, meta={"patchvsr": json.dumps(raw)})
     elif damage == "base":
         dims = (128, 4, 1, 16)
@@ -195,3 +198,120 @@ def test_plain_copy_of_a_scaled_fp8_block_is_stock_layers_in_the_compute_dtype(d
     want = block(x, e=e, freqs=freqs, context=ctx, context_img_len=None)
     assert torch.allclose(plain(x, e=e, freqs=freqs, context=ctx, context_img_len=None), want, atol=1e-5)
     assert isinstance(block.self_attn.q, ScaledFp8Linear), "the source block was changed"
+
+
+class ReferenceCrossAttention(torch.nn.Module):
+    """The supplement's G-CA placement written out by hand, as the test's reference for the override wiring:
+    the block's text cross-attention with G-CA's attention output added before its output projection."""
+
+    def __init__(self, ca, gca, tokens):
+        super().__init__()
+        self.ca, self.gca, self.tokens = ca, gca, tokens
+
+    def forward(self, x, context, transformer_options={}, **kwargs):
+        ca = self.ca
+        q, k, v = ca.norm_q(ca.q(x)), ca.norm_k(ca.k(context)), ca.v(context)
+        heads = (rearrange(a, "b l (h d) -> b h l d", h=ca.num_heads) for a in (q, k, v))
+        text = rearrange(torch.nn.functional.scaled_dot_product_attention(*heads), "b h l d -> b l (h d)")
+        return ca.o(text + self.gca(q, self.tokens))
+
+
+@torch.no_grad()
+def test_gca_sits_inside_the_text_cross_attention_and_shares_its_query(dm):
+    """Through the block patch and the attention override, G-CA's output joins the text cross-attention's
+    before its output projection and before the FFN (supplement: GCA in the SCA blocks), with the text
+    cross-attention's query."""
+    import copy
+
+    adapter = make(dm, gca_in_cross_attention=True)
+    for gca in adapter.gca:
+        gca.v.weight.normal_(0, 0.5)  # G-CA alone woken: hints and micro-conditions stay exactly zero
+    x, t, ctx, lr, glob, mask = inputs()
+    call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+    patched = rt.forward(dm, adapter, x, t, ctx, call)
+    ref = copy.deepcopy(dm)  # the fixture's model stays as built
+    for block, gca in zip(ref.blocks, adapter.gca):
+        block.cross_attn = ReferenceCrossAttention(block.cross_attn, gca, call.tokens)
+    want = ref(x, t * 1000, ctx)
+    assert (patched - dm(x, t * 1000, ctx)).abs().max() > 1e-3, "G-CA must change the output here"
+    torch.testing.assert_close(patched, want, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_patch_branch_shared_by_cond_and_uncond_rows_equals_recomputing_it(dm):
+    """The patch branch runs once for a patch's cond and uncond rows (AdapterCall.repeat): the same output
+    as running it on every row."""
+    adapter = wake(make(dm))
+    x, t, ctx, lr, glob, mask = inputs()
+    one = lr[:1]
+    per_row = rt.compute_call(dm, adapter, one.expand(2, -1, -1, -1, -1), MICRO, glob[:1].expand(2, -1, -1, -1, -1),
+                              mask[:1].expand(2, -1, -1, -1, -1), ctx)  # fmt: skip
+    shared = rt.AdapterCall(tuple(rt.patch_hints(dm, adapter, one)), per_row.tokens, per_row.micro, repeat=2)
+    assert shared.hints[0].shape[0] == 1 and per_row.hints[0].shape[0] == 2
+    a = rt.forward(dm, adapter, x, t, ctx, per_row)
+    b = rt.forward(dm, adapter, x, t, ctx, shared)
+    # Equal up to float rounding: the CPU's matmul kernels round a 1-row and a 2-row batch differently
+    # (measured: at most 1.4e-6 on outputs of size ~1).
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_global_branch_reads_the_text_prompt(dm):
+    """Paper (Text Prompts): the base and the global branch get the text prompt, only the patch branch a
+    fixed one. Two prompts give two sets of global tokens; the patch hints do not depend on the prompt."""
+    adapter = make(dm)
+    _, _, ctx, lr, glob, mask = inputs()
+    same_glob, same_mask = glob[:1].expand(2, -1, -1, -1, -1), mask[:1].expand(2, -1, -1, -1, -1)
+    tokens = rt.global_tokens(dm, adapter, same_glob, same_mask, ctx)
+    assert (tokens[0] - tokens[1]).abs().max() > 1e-4
+    again = rt.global_tokens(dm, adapter, same_glob, same_mask, ctx[[0, 0]])
+    assert torch.equal(again[0], again[1])
+
+
+def test_inference_adapter_runs_in_the_compute_dtype(dm, tmp_path):
+    """The loader's adapter (cast_for_inference) holds and runs its own layers in the model's compute dtype,
+    only the patch embeddings stay float32; the result stays close to the float32 adapter's."""
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    path = save_adapter(wake(make(dm), seed=3), tmp_path / "a.safetensors")
+    # ComfyUI computes a bf16 model with weights cast per layer (manual_cast), as on a GPU.
+    cast = comfy.ldm.wan.model.WanModel(model_type="t2v", dim=128, ffn_dim=256, num_heads=1, num_layers=DIMS[1],
+                                        in_dim=16, out_dim=16, operations=comfy.ops.manual_cast)  # fmt: skip
+    cast.load_state_dict(dm.state_dict())
+    bf = torch.bfloat16
+    adapter = load_adapter(path, cast.blocks, cast.patch_embedding, DIMS, bf).cast_for_inference(bf)
+    own = {n: p.dtype for n, p in adapter.named_parameters() if not n.startswith("lora.")}
+    assert {d for n, d in own.items() if ".embed." not in n} == {bf}
+    assert {d for n, d in own.items() if ".embed." in n} == {torch.float32}
+    x, t, ctx, lr, glob, mask = inputs()
+    with torch.no_grad():
+        call = rt.compute_call(cast, adapter, lr.to(bf), MICRO, glob.to(bf), mask.to(bf), ctx.to(bf))
+        assert {h.dtype for h in call.hints} == {bf} and call.tokens.dtype == bf and call.micro.dtype == bf
+        out = rt.forward(cast, adapter, x.to(bf), t, ctx.to(bf), call)
+        ref32 = load_adapter(path, dm.blocks, dm.patch_embedding, DIMS)
+        want = rt.forward(dm, ref32, x, t, ctx, rt.compute_call(dm, ref32, lr, MICRO, glob, mask, ctx))
+    assert out.dtype == bf
+    assert (out.float() - want).norm() / want.norm() < 0.05
+
+
+@torch.no_grad()
+def test_gca_composes_with_another_extensions_attention_override(dm):
+    """An attention override another extension set (an attention-kernel node) still computes every attention
+    of the base, and G-CA is added on top of its result."""
+    adapter = make(dm, gca_in_cross_attention=True)
+    for gca in adapter.gca:
+        gca.v.weight.normal_(0, 0.5)
+    x, t, ctx, lr, glob, mask = inputs()
+    call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+    seen = []
+
+    def theirs(func, *args, **kwargs):
+        seen.append(args[1].shape[1])  # key length: video tokens (self-attention) or text tokens
+        return func(*args, **kwargs)
+
+    opts = {"patches_replace": {"dit": rt.block_patches(adapter, dm.blocks)}, rt.CALL_KEY: call,
+            "optimized_attention_override": theirs}  # fmt: skip
+    out = dm(x, t * 1000, ctx, transformer_options=opts)
+    assert seen[1::2] == [ctx.shape[1]] * DIMS[1] and len(seen) == 2 * DIMS[1]
+    torch.testing.assert_close(out, rt.forward(dm, adapter, x, t, ctx, call))

@@ -121,9 +121,9 @@ def test_weight_maps_sum_to_one():
 def test_global_context_lowers_colour_drift():
     plan, target, model = _setup()
     ctx = ContextConfig(strength=0.8)
-    sigma = lowpass_sigma(plan, ctx)
     # The global view: the whole target seen at patch size (what the Global Context node encodes).
     small = torch.nn.functional.interpolate(target[:, :, 0], size=PATCH, mode="area")[:, :, None]
+    sigma = lowpass_sigma(plan, ctx, PATCH)
     glp = global_lowpass(small, plan, sigma)
 
     def post(t):
