@@ -50,6 +50,25 @@ def draw_plan(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
     return img
 
 
+SHIFTED_COLOUR = (1.0, 1.0, 1.0)
+
+
+def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
+    """frame: [H, W, 3] -> copy with the interior borders of a shifted grid (plan.shifted_grid) drawn thin
+    and dotted, so they read apart from the plan's own boxes drawn on top."""
+    img = frame.clone().float()
+    H, W, _ = img.shape
+    _, lh, lw = grid.latent_shape
+    sy, sx = H / lh, W / lw
+    width = max(1, round(min(H, W) / 400))
+    dot = max(2, round(min(H, W) / 150))
+    for y in grid.row_edges[1:-1]:
+        _line(img, round(y * sy), 0, round(y * sy), W - 1, SHIFTED_COLOUR, dot, width)
+    for x in grid.col_edges[1:-1]:
+        _line(img, 0, round(x * sx), H - 1, round(x * sx), SHIFTED_COLOUR, dot, width)
+    return img
+
+
 def weight_picture(shares: torch.Tensor) -> torch.Tensor:
     """shares: [4, H, W] per-kind weight shares -> [H, W, 3] picture, each kind in its colour."""
     colours = torch.tensor([COLOURS[k] for k in (Kind.BASE, Kind.AUX_H, Kind.AUX_V, Kind.AUX_X)])  # 4 3

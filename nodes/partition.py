@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target_hw
-from ..models.preview import draw_plan
+from ..models.cost import DitSize, cost_text, per_step
+from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, shifted_grid, target_hw
+from ..models.preview import draw_plan, draw_shifted
 from ..models.video import resize_frames
 from .host import check_finite, check_frames, model_family
 from .sockets import CATEGORY, PatchPlanType
@@ -66,7 +67,16 @@ def partition(model, images, latent, target, scale, keep_aspect, patch_width, pa
     geometry = Geometry(family.name, family.latent_channels, s, lr_hw, out_hw, (ph, pw), frames)
     cfg = PlanConfig((latent_frames(frames), out_hw[0] // s, out_hw[1] // s), (ph // s, pw // s), latent_frames(wf))
     plan = make_plan(cfg, geometry=geometry)
-    return plan, preview(plan, first)
+    return plan, preview(plan, first), cost_text(plan, dit_size(model))
+
+
+def dit_size(model) -> DitSize | None:
+    """The DiT's widths and loaded size, for the memory estimate; None for a model without them."""
+    dm = model.get_model_object("diffusion_model")
+    dim, ffn = getattr(dm, "dim", None), getattr(dm, "ffn_dim", None)
+    if dim is None or ffn is None:
+        return None
+    return DitSize(dim, ffn, model.model_size())
 
 
 def preview(plan, first: torch.Tensor | None) -> torch.Tensor:
@@ -75,6 +85,8 @@ def preview(plan, first: torch.Tensor | None) -> torch.Tensor:
     k = PREVIEW_LONG_SIDE / max(H, W)
     hw = (max(16, round(H * k)), max(16, round(W * k)))
     frame = resize_frames(first[None], hw)[0] if first is not None else torch.full((*hw, 3), 0.5)
+    # The shifted stitch's moved grid (its other grid is the base grid) under the plan's own boxes.
+    frame = draw_shifted(frame, shifted_grid(plan, 1))
     return draw_plan(frame, plan)[None]
 
 
@@ -143,7 +155,13 @@ class PatchPartitioner(io.ComfyNode):
                 ),
                 io.Image.Output(
                     display_name="preview",
-                    tooltip="The grid over the first frame: base patches solid, bridging patches dashed.",
+                    tooltip="The grid over the first frame: base patches solid blue, bridging patches dashed, the "
+                    "shifted stitch's moved grid white dotted.",
+                ),
+                io.String.Output(
+                    display_name="cost",
+                    tooltip="What the plan costs: patches, windows, DiT patch evaluations per step and per run, "
+                    "a memory estimate. Also shown on the node.",
                 ),
             ],
         )
@@ -152,7 +170,9 @@ class PatchPartitioner(io.ComfyNode):
     def execute(
         cls, model, target, scale, keep_aspect, patch_width, patch_height, window_frames, images=None, latent=None
     ) -> io.NodeOutput:
-        plan, picture = partition(
+        plan, picture, cost = partition(
             model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames
         )
-        return io.NodeOutput(plan, picture)
+        # The frontend extension (js/patchvsr.js) shows the text on the node and, from the per-step counts,
+        # the total for the sampler connected to the plan.
+        return io.NodeOutput(plan, picture, cost, ui={"text": [cost], "patchvsr_cost": [per_step(plan)]})
