@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import Kind, PatchPlan
+from .plan import Kind, PatchPlan, shifted_grid
 
 # RGB per kind: base boxes solid, auxiliary boxes dashed (PatchVSR Fig. 2 uses blue and red).
 COLOURS = {
@@ -67,6 +67,12 @@ def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
     for x in grid.col_edges[1:-1]:
         _line(img, 0, round(x * sx), H - 1, round(x * sx), SHIFTED_COLOUR, dot, width)
     return img
+
+
+def plan_picture(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
+    """frame: [H, W, 3] -> the partitioner's preview: the shifted stitch's moved grid (its other grid is the
+    base grid) under the plan's own boxes."""
+    return draw_plan(draw_shifted(frame, shifted_grid(plan, 1)), plan)
 
 
 def weight_picture(shares: torch.Tensor) -> torch.Tensor:

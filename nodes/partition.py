@@ -6,8 +6,8 @@ import torch
 from comfy_api.latest import io
 
 from ..models.cost import DitSize, cost_text, per_step
-from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, shifted_grid, target_hw
-from ..models.preview import draw_plan, draw_shifted
+from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target_hw
+from ..models.preview import plan_picture
 from ..models.video import resize_frames
 from .host import check_finite, check_frames, model_family
 from .sockets import CATEGORY, PatchPlanType
@@ -85,9 +85,7 @@ def preview(plan, first: torch.Tensor | None) -> torch.Tensor:
     k = PREVIEW_LONG_SIDE / max(H, W)
     hw = (max(16, round(H * k)), max(16, round(W * k)))
     frame = resize_frames(first[None], hw)[0] if first is not None else torch.full((*hw, 3), 0.5)
-    # The shifted stitch's moved grid (its other grid is the base grid) under the plan's own boxes.
-    frame = draw_shifted(frame, shifted_grid(plan, 1))
-    return draw_plan(frame, plan)[None]
+    return plan_picture(frame, plan)[None]
 
 
 class PatchPartitioner(io.ComfyNode):
