@@ -4,7 +4,9 @@ workflows themselves run in the real web page: test_browser.py."""
 import json
 
 import pytest
+import requests
 from harness.paths import REPO
+from harness.server import PACK_DIR_NAME
 from harness.tiny_models import DIT, VAE
 from harness.video import video_size
 
@@ -33,8 +35,13 @@ def test_pack_loads_every_node(object_info):
 
 def test_workflows_are_served_as_templates(server):
     templates = server.get("/workflow_templates")
-    names = {n for files in templates.values() for n in files}
-    assert {p.stem for p in WORKFLOWS} <= names, templates
+    assert {p.stem for p in WORKFLOWS} <= set(templates.get(PACK_DIR_NAME, [])), templates
+    for path in WORKFLOWS:
+        # The templates browser shows <name>.jpg beside each template, and each has a note for the artist.
+        r = requests.get(f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{path.stem}.jpg", timeout=30)
+        assert r.ok and r.content[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg: HTTP {r.status_code}"
+        notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        assert notes and all(k in notes[0]["widgets_values"][0] for k in ("**Connect**", "**Expect**")), path.name
 
 
 def test_stock_loaders_detect_tiny_models(object_info):
