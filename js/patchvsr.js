@@ -70,8 +70,11 @@ function showCost(node) {
     widget = ComfyWidgets.STRING(node, COST_WIDGET, ["STRING", { multiline: true }], app).widget;
     // Display only: never saved in the workflow's widget values nor sent to the server.
     widget.serialize = false;
-    widget.options = { ...widget.options, serialize: false };
+    if (widget.options) widget.options.serialize = false;
     if (widget.inputEl) widget.inputEl.readOnly = true;
+    // Room for the text below the widgets the node already has.
+    const [w, h] = node.computeSize?.() ?? node.size;
+    node.setSize?.([Math.max(node.size[0], w, 420), Math.max(node.size[1], h + 140)]);
   }
   if (widget.value !== lines) {
     widget.value = lines;

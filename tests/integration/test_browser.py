@@ -98,6 +98,13 @@ def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
             f"no preview image over the websocket while the sampler ran ({len(socket.binary)} binary frames in all)"
         )
         shown = cost_widget(page)
+        # The cost widget is display only: never sent with the prompt (it would change the partitioner's
+        # inputs, and so rerun the chain, whenever the sampler's steps change).
+        sent = page.evaluate(
+            """async () => Object.values((await window.app.graphToPrompt()).output)
+                .filter(n => n.class_type === 'PatchVSR_Partitioner').map(n => Object.keys(n.inputs))"""
+        )
+        assert all("patchvsr_cost" not in keys for keys in sent), sent
         settings = page.evaluate(
             """() => Object.fromEntries(window.app.graph.nodes.filter(n => ['PatchVSR_Sampler', 'PatchVSR_Stitcher'].includes(n.type))
                 .map(n => [n.type, Object.fromEntries(n.widgets.map(w => [w.name, w.value]))]))"""
