@@ -74,7 +74,7 @@ function showCost(node) {
     if (widget.inputEl) widget.inputEl.readOnly = true;
     // Room for the text below the widgets the node already has.
     const [w, h] = node.computeSize?.() ?? node.size;
-    node.setSize?.([Math.max(node.size[0], w, 420), Math.max(node.size[1], h + 140)]);
+    node.setSize?.([Math.max(node.size[0], w), Math.max(node.size[1], h + 140)]);
   }
   if (widget.value !== lines) {
     widget.value = lines;

@@ -110,7 +110,7 @@ def patchvsr_chain(
         {"id": 25, "type": "PatchVSR_Decode", "pos": [1860, 0], "links": {"samples": (24, 0), "vae": (2, 0)}},
         {"id": 26, "type": "CreateVideo", "pos": [2200, 0], "links": {"images": (25, 0), **fps_link}},
         {"id": 27, "type": "SaveVideo", "pos": [2200, 200], "widgets": {"filename_prefix": f"PatchVSR/{target}", "format": "mp4", "codec": "h264"}, "links": {"video": (26, 0)}},
-        {"id": 28, "type": "PreviewImage", "pos": [760, 330], "title": "Patch grid", "links": {"images": (20, 1)}},
+        {"id": 28, "type": "PreviewImage", "pos": [760, 560], "title": "Patch grid", "links": {"images": (20, 1)}},
     ]  # fmt: skip
 
 
