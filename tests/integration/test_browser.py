@@ -80,7 +80,11 @@ def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
         use_tiny_models(page, steps=STEPS, t2v_size=(CLIP_HW[1], CLIP_HW[0], 1))
         page.screenshot(path=str(shots / f"{workflow.stem}_loaded.png"))
         press_run(page)
-        prompt_id, status, data = wait_for_prompt(page, socket, timeout=2400)
+        try:
+            prompt_id, status, data = wait_for_prompt(page, socket, timeout=2400)
+        except (AssertionError, TimeoutError):
+            server.interrupt()  # the next test's prompt must not queue behind this one
+            raise
         fit_view(page)
         page.wait_for_timeout(1500)  # the output node's video preview
         page.screenshot(path=str(shots / f"{workflow.stem}.png"))
