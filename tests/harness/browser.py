@@ -191,6 +191,19 @@ def press_run(page) -> None:
     page.locator(RUN_BUTTON).first.click()
 
 
+@contextmanager
+def quiet_page(page, size=(960, 600)):
+    """While a long prompt runs: a small viewport and the Load Video preview paused, so software
+    compositing in the headless browser takes little CPU from the server; the full size is back after."""
+    full = page.viewport_size
+    page.evaluate("() => document.querySelectorAll('video').forEach(v => { v.autoplay = false; v.pause(); })")
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    try:
+        yield
+    finally:
+        page.set_viewport_size(full)
+
+
 def wait_for_prompt(page, socket: Socket, timeout: float, poll: float = 0.5) -> tuple[str, str, dict]:
     """After Run: (prompt id, 'success' | 'error' | 'interrupted', the closing message's data). A prompt the
     server rejects never starts; the page's error dialog is then the message."""

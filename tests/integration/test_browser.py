@@ -16,6 +16,7 @@ from harness.browser import (
     load_template,
     open_app,
     press_run,
+    quiet_page,
     use_tiny_models,
     visible_dialogs,
     wait_for_prompt,
@@ -81,7 +82,8 @@ def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
         page.screenshot(path=str(shots / f"{workflow.stem}_loaded.png"))
         press_run(page)
         try:
-            prompt_id, status, data = wait_for_prompt(page, socket, timeout=2400)
+            with quiet_page(page):
+                prompt_id, status, data = wait_for_prompt(page, socket, timeout=2400)
         except (AssertionError, TimeoutError):
             server.interrupt()  # the next test's prompt must not queue behind this one
             raise
