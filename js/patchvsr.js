@@ -1,8 +1,87 @@
-// Frontend extension of ComfyUI-PatchVSR: gives the pack's nodes one colour so the PatchVSR chain stands
-// out in a large workflow. Served by ComfyUI from WEB_DIRECTORY ("./js").
+// Frontend extension of ComfyUI-PatchVSR, served by ComfyUI from WEB_DIRECTORY ("./js"):
+// 1. one colour for the pack's nodes, so the PatchVSR chain stands out in a large workflow;
+// 2. the partitioner's cost text (computed by the server, nodes/partition.py) shown on the node, with the
+//    total for the PatchVSR sampler connected to its plan, from the server's per-step counts and the
+//    sampler's and stitcher's current widgets (so it follows them before the next run).
 import { app } from "../../scripts/app.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const PREFIX = "PatchVSR_";
+const PARTITIONER = "PatchVSR_Partitioner";
+const COST_WIDGET = "patchvsr_cost";
+
+function widgetValue(node, name) {
+  return node?.widgets?.find((w) => w.name === name)?.value;
+}
+
+// The nodes fed by `node`'s output slot `slot`.
+function targets(node, slot) {
+  const graph = node.graph ?? app.graph;
+  const ids = node.outputs?.[slot]?.links ?? [];
+  return ids
+    .map((id) => (graph.links.get ? graph.links.get(id) : graph.links[id]))
+    .filter(Boolean)
+    .map((link) => graph.getNodeById(link.target_id))
+    .filter(Boolean);
+}
+
+// The stitcher feeding a sampler's `stitcher` input, if any.
+function stitcherOf(sampler) {
+  const graph = sampler.graph ?? app.graph;
+  const input = sampler.inputs?.find((i) => i.name === "stitcher");
+  if (input?.link == null) return null;
+  const link = graph.links.get ? graph.links.get(input.link) : graph.links[input.link];
+  return link ? graph.getNodeById(link.origin_id) : null;
+}
+
+// Patch evaluations of a run, as models/cost.py total_evaluations counts them.
+export function runTotal(perStep, mode, steps, cfg) {
+  let total = 0;
+  for (let i = 0; i < steps; i++) {
+    if (mode === "shifted" && i < steps - perStep.weighted_tail) total += perStep.shifted[i % 2];
+    else total += perStep[mode === "shifted" ? "weighted" : mode];
+  }
+  return cfg === 1 ? total : 2 * total;
+}
+
+function connectedRuns(node, perStep) {
+  return targets(node, 0)
+    .filter((n) => n.comfyClass === "PatchVSR_Sampler")
+    .map((sampler) => {
+      const steps = Number(widgetValue(sampler, "steps"));
+      const cfg = Number(widgetValue(sampler, "cfg"));
+      // No stitcher: the sampler's default, models/blend.py StitchConfig's (shifted).
+      const mode = widgetValue(stitcherOf(sampler), "mode") ?? "shifted";
+      const total = runTotal(perStep, mode, steps, cfg);
+      return `Connected sampler: ${steps} steps, cfg ${cfg}, ${mode} stitch: ${total} patch evaluations in total.`;
+    });
+}
+
+function costLines(node) {
+  const { text, perStep } = node.patchvsrCost;
+  return [text, ...connectedRuns(node, perStep)].join("\n");
+}
+
+function showCost(node) {
+  if (!node.patchvsrCost) return;
+  const lines = costLines(node);
+  let widget = node.widgets?.find((w) => w.name === COST_WIDGET);
+  if (!widget) {
+    widget = ComfyWidgets.STRING(node, COST_WIDGET, ["STRING", { multiline: true }], app).widget;
+    // Display only: never saved in the workflow's widget values nor sent to the server.
+    widget.serialize = false;
+    if (widget.options) widget.options.serialize = false;
+    if (widget.inputEl) widget.inputEl.readOnly = true;
+    // Room for the text below the widgets the node already has.
+    const [w, h] = node.computeSize?.() ?? node.size;
+    node.setSize?.([Math.max(node.size[0], w), Math.max(node.size[1], h + 140)]);
+  }
+  if (widget.value !== lines) {
+    widget.value = lines;
+    if (widget.inputEl) widget.inputEl.value = lines;
+    node.setDirtyCanvas?.(true, true);
+  }
+}
 
 app.registerExtension({
   name: "PatchVSR.NodeColours",
@@ -11,5 +90,27 @@ app.registerExtension({
       node.color = "#223a5e";
       node.bgcolor = "#2b4a78";
     }
+  },
+});
+
+app.registerExtension({
+  name: "PatchVSR.PlanCost",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== PARTITIONER) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      if (message?.text?.[0] && message?.patchvsr_cost?.[0]) {
+        this.patchvsrCost = { text: message.text[0], perStep: message.patchvsr_cost[0] };
+        showCost(this);
+      }
+    };
+    // The connected-run total follows the sampler's and stitcher's widgets: recounted as the node draws
+    // (a few additions per step), rewritten only when it changes.
+    const onDrawForeground = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function () {
+      onDrawForeground?.apply(this, arguments);
+      showCost(this);
+    };
   },
 });

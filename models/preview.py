@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import Kind, PatchPlan
+from .plan import Kind, PatchPlan, shifted_grid
 
 # RGB per kind: base boxes solid, auxiliary boxes dashed (PatchVSR Fig. 2 uses blue and red).
 COLOURS = {
@@ -48,6 +48,31 @@ def draw_plan(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
         for a, b, c, e in ((y0, x0, y0, x1), (y1, x0, y1, x1), (y0, x0, y1, x0), (y0, x1, y1, x1)):
             _line(img, a, b, c, e, colour, d, width)
     return img
+
+
+SHIFTED_COLOUR = (1.0, 1.0, 1.0)
+
+
+def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
+    """frame: [H, W, 3] -> copy with the interior borders of a shifted grid (plan.shifted_grid) drawn thin
+    and dotted, so they read apart from the plan's own boxes drawn on top."""
+    img = frame.clone().float()
+    H, W, _ = img.shape
+    _, lh, lw = grid.latent_shape
+    sy, sx = H / lh, W / lw
+    width = max(1, round(min(H, W) / 400))
+    dot = max(2, round(min(H, W) / 150))
+    for y in grid.row_edges[1:-1]:
+        _line(img, round(y * sy), 0, round(y * sy), W - 1, SHIFTED_COLOUR, dot, width)
+    for x in grid.col_edges[1:-1]:
+        _line(img, 0, round(x * sx), H - 1, round(x * sx), SHIFTED_COLOUR, dot, width)
+    return img
+
+
+def plan_picture(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
+    """frame: [H, W, 3] -> the partitioner's preview: the shifted stitch's moved grid (its other grid is the
+    base grid) under the plan's own boxes."""
+    return draw_plan(draw_shifted(frame, shifted_grid(plan, 1)), plan)
 
 
 def weight_picture(shares: torch.Tensor) -> torch.Tensor:

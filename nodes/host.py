@@ -136,10 +136,11 @@ class Progress:
         self.done = min(self.done + n, ceiling if ceiling is not None else self.total)
         self.bar.update_absolute(self.done, self.total)
 
-    def set(self, value: int, total: int | None = None) -> None:
+    def set(self, value: int, total: int | None = None, preview=None) -> None:
+        """`preview`: a latent preview image as ComfyUI's previewers make it, sent with the progress."""
         self.total = max(1, total) if total is not None else self.total
         self.done = min(value, self.total)
-        self.bar.update_absolute(self.done, self.total)
+        self.bar.update_absolute(self.done, self.total, preview)
 
 
 def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..models.cost import DitSize, cost_text, per_step
 from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target_hw
-from ..models.preview import draw_plan
+from ..models.preview import plan_picture
 from ..models.video import resize_frames
 from .host import as_rgb, check_finite, check_frames, model_family
 from .sockets import CATEGORY, PatchPlanType
@@ -76,7 +77,16 @@ def partition(model, images, latent, target, scale, keep_aspect, patch_width, pa
     geometry = Geometry(family.name, family.latent_channels, s, lr_hw, out_hw, (ph, pw), frames)
     cfg = PlanConfig((latent_frames(frames), out_hw[0] // s, out_hw[1] // s), (ph // s, pw // s), latent_frames(wf))
     plan = make_plan(cfg, geometry=geometry)
-    return plan, preview(plan, first)
+    return plan, preview(plan, first), cost_text(plan, dit_size(model))
+
+
+def dit_size(model) -> DitSize | None:
+    """The DiT's widths and loaded size, for the memory estimate; None for a model without them."""
+    dm = model.get_model_object("diffusion_model")
+    dim, ffn = getattr(dm, "dim", None), getattr(dm, "ffn_dim", None)
+    if dim is None or ffn is None:
+        return None
+    return DitSize(dim, ffn, model.model_size())
 
 
 def preview(plan, first: torch.Tensor | None) -> torch.Tensor:
@@ -85,7 +95,7 @@ def preview(plan, first: torch.Tensor | None) -> torch.Tensor:
     k = PREVIEW_LONG_SIDE / max(H, W)
     hw = (max(16, round(H * k)), max(16, round(W * k)))
     frame = resize_frames(first[None], hw)[0] if first is not None else torch.full((*hw, 3), 0.5)
-    return draw_plan(frame, plan)[None]
+    return plan_picture(frame, plan)[None]
 
 
 class PatchPartitioner(io.ComfyNode):
@@ -155,7 +165,13 @@ class PatchPartitioner(io.ComfyNode):
                 ),
                 io.Image.Output(
                     display_name="preview",
-                    tooltip="The grid over the first frame: base patches solid, bridging patches dashed.",
+                    tooltip="The grid over the first frame: base patches solid blue, bridging patches dashed, the "
+                    "shifted stitch's moved grid white dotted.",
+                ),
+                io.String.Output(
+                    display_name="cost",
+                    tooltip="What the plan costs: patches, windows, DiT patch evaluations per step and per run, "
+                    "a memory estimate. Also shown on the node.",
                 ),
             ],
         )
@@ -171,7 +187,9 @@ class PatchPartitioner(io.ComfyNode):
     def execute(
         cls, model, target, scale, keep_aspect, patch_width, patch_height, window_frames, images=None, latent=None
     ) -> io.NodeOutput:
-        plan, picture = partition(
+        plan, picture, cost = partition(
             model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames
         )
-        return io.NodeOutput(plan, picture)
+        # The frontend extension (js/patchvsr.js) shows the text on the node and, from the per-step counts,
+        # the total for the sampler connected to the plan.
+        return io.NodeOutput(plan, picture, cost, ui={"text": [cost], "patchvsr_cost": [per_step(plan)]})

@@ -170,10 +170,10 @@ class PatchwiseDiffusion:
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
         return reserve_shape(model.model.memory_required, patch_shape, full)
 
-    def on_step(self, step: int) -> None:
+    def on_step(self, step: int, preview=None) -> None:
         last = len(self.done) - 1
         self.step_ceiling = self.done[min(step + 2, last)]
-        self.progress.set(self.done[min(step + 1, last)])
+        self.progress.set(self.done[min(step + 1, last)], preview=preview)
 
     def _anchor(self, x: torch.Tensor, sigmas: torch.Tensor):
         """The training-free global context: a per-patch post-processing of the prediction, or None. With a

@@ -11,6 +11,7 @@ import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
+import latent_preview
 import torch
 from comfy_api.latest import io
 from safetensors import SafetensorError
@@ -163,8 +164,14 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
     x = latent["samples"]
     noise = comfy.sample.prepare_noise(x, seed)
 
+    # 4. Live preview of the whole stitched frame, as core KSampler shows it: the server's preview method
+    #    (--preview-method, or the frontend's per-run choice on newer hosts) and the same previewer, fed the
+    #    fused x0 prediction; the progress bar keeps counting patch batches.
+    previewer = latent_preview.get_previewer(patched.load_device, patched.get_model_object("latent_format"))
+
     def callback(step, x0, xt, total):
-        wrapper.on_step(step)
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer is not None else None
+        wrapper.on_step(step, preview)
 
     try:
         out = comfy.sample.sample_custom(

@@ -33,7 +33,8 @@ def server(tiny_models):
 
     base = WORK / "pytest-server"
     shutil.rmtree(base, ignore_errors=True)
-    with ComfyServer(base, tiny_models) as srv:
+    # The real web frontend for the browser tests, and live previews as an artist's server sends them.
+    with ComfyServer(base, tiny_models, frontend=True, preview_method="latent2rgb") as srv:
         # 1 frame keeps the 2K/4K decode of the tiny VAE inside CI's time on 2 cores.
         make_clip(srv.input_dir / "patchvsr_example.mp4", frames=1)
         make_clip(srv.input_dir / "clip_5f.mp4", width=128, height=80, frames=5)

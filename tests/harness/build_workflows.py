@@ -76,7 +76,7 @@ def build(graph: list[dict], object_info: dict, note: str) -> dict:
         lk[4] = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
     note_id = max(g["id"] for g in graph) + 1
     nodes.append({
-        "id": note_id, "type": "MarkdownNote", "pos": [20, -260], "size": [620, 220], "flags": {}, "order": len(nodes),
+        "id": note_id, "type": "MarkdownNote", "pos": [20, -420], "size": [760, 380], "flags": {}, "order": len(nodes),
         "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note], "title": "About this workflow",
     })  # fmt: skip
     return {
@@ -110,7 +110,7 @@ def patchvsr_chain(
         {"id": 25, "type": "PatchVSR_Decode", "pos": [1860, 0], "links": {"samples": (24, 0), "vae": (2, 0)}},
         {"id": 26, "type": "CreateVideo", "pos": [2200, 0], "links": {"images": (25, 0), **fps_link}},
         {"id": 27, "type": "SaveVideo", "pos": [2200, 200], "widgets": {"filename_prefix": f"PatchVSR/{target}", "format": "mp4", "codec": "h264"}, "links": {"video": (26, 0)}},
-        {"id": 28, "type": "PreviewImage", "pos": [760, 330], "title": "Patch grid", "links": {"images": (20, 1)}},
+        {"id": 28, "type": "PreviewImage", "pos": [760, 560], "title": "Patch grid", "links": {"images": (20, 1)}},
     ]  # fmt: skip
 
 
@@ -142,38 +142,75 @@ def from_t2v() -> list[dict]:
     ] + patchvsr_chain({"latent": (11, 0)}, "2K", {})  # fmt: skip
 
 
-NOTES = {
-    "patchvsr_2k_from_video.json": (
-        "## PatchVSR: video file to 2K\n"
-        "Put your clip in ComfyUI's input folder and pick it in **Load Video** (1 + 4k frames, e.g. 81). The "
-        "partitioner plans 832x480 patches over 2560x1440 with bridging patches over every seam; the sampler "
-        "denoises them at the model's native size and fuses them at every step, so there are no seams and "
-        "memory depends on the patch, not the output. Models: Wan 2.1 T2V 1.3B, its VAE, umT5-XXL.\n"
-        "Raise **t0** for more new detail, lower it for more fidelity; **Global Context** strength keeps colour consistent."
-    ),
-    "patchvsr_4k_from_video.json": (
-        "## PatchVSR: video file to 4K\n"
-        "As the 2K workflow, with the 4K preset (3840x2160): 5x5 base patches plus bridges. Tiled encode and "
-        "decode keep memory bounded; expect about 2.25x the 2K time."
-    ),
-    "patchvsr_4k_fast.json": (
-        "## PatchVSR: video file to 4K, fast\n"
-        "The 4K workflow in 6 steps at cfg 1: pick a step-distillation LoRA for your Wan model in **Step-distillation "
-        "LoRA** (4-8 steps). The stitcher's 'shifted' mode runs one patch grid per step, its borders moved between "
-        "steps, and the paper's bridging patches on the last step only. At cfg 1 the negative prompt is not used."
-    ),
-    "patchvsr_t2v_to_2k.json": (
-        "## Wan T2V straight into PatchVSR\n"
-        "The T2V sampler's latent goes to PatchVSR without a round trip through a video file. Upscale & Encode "
-        "decodes, upscales and re-encodes it (exact); set latent_mode to 'latent bicubic' for the fast path."
-    ),
-}
+MODELS_NOTE = (
+    f"**Connect**: `{WAN_DIT}` in models/diffusion_models, `{WAN_VAE}` in models/vae, `{WAN_TEXT}` in "
+    "models/text_encoders (or pick your own Wan 2.1 T2V files in the three loaders)."
+)
+EXPECT_NOTE = (
+    "While it runs: the **Patch Partitioner** shows the plan's cost (patches, DiT patch evaluations per step and "
+    "in total, a memory estimate) and **Patch grid** its patches (base solid blue, bridging dashed, the shifted "
+    "stitch's moved grid white dotted); the **PatchVSR Sampler** shows a live preview of the whole frame (set a "
+    "preview method in ComfyUI's settings or start it with `--preview-method auto`) and its progress bar counts "
+    "patch batches."
+)
+
+
+def run_cost(target: str, mode: str, steps: int, cfg: float) -> str:
+    """The DiT work of an 81-frame 16:9 clip through this workflow, as the partitioner will count it."""
+    from models.blend import StitchConfig, StitchMode
+    from models.cost import total_evaluations
+    from models.plan import PlanConfig, make_plan
+
+    h, w = {"2K": (1440, 2560), "4K": (2160, 3840)}[target]
+    plan = make_plan(PlanConfig((21, h // 8, w // 8), (60, 104), 21))
+    total = total_evaluations(plan, StitchConfig(StitchMode(mode)), steps, cfg)
+    return f"{total} patch evaluations of 832x480x81 (an 81-frame clip, {steps} steps, cfg {cfg:g}, {mode} stitch)"
+
+
+def notes() -> dict[str, str]:
+    return {
+        "patchvsr_2k_from_video.json": (
+            "## PatchVSR: video file to 2K\n"
+            f"{MODELS_NOTE} Put your clip (1 + 4k frames, e.g. 81; longer clips run in overlapping windows) in "
+            "ComfyUI's input folder and pick it in **Load Video**.\n\n"
+            "**Expect** output/PatchVSR/2K_*.mp4 at 2560x1440 (the clip's aspect kept inside it), its frame count "
+            f"and fps: 12 native-size patches plus 23 bridging patches per frame, {run_cost('2K', 'weighted', 20, 5.0)}. "
+            f"{EXPECT_NOTE}\n\n"
+            "Raise **t0** for more new detail, lower it for more fidelity; **Global Context** strength keeps colour "
+            "consistent; the **Latent Stitcher**'s 'shifted' mode costs about half of 'weighted' here."
+        ),
+        "patchvsr_4k_from_video.json": (
+            "## PatchVSR: video file to 4K\n"
+            f"{MODELS_NOTE} Put your clip in ComfyUI's input folder and pick it in **Load Video**.\n\n"
+            "**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160: 25 native-size patches plus 56 bridging patches per "
+            f"frame, {run_cost('4K', 'weighted', 20, 5.0)}; tiled encode and decode keep memory bounded. {EXPECT_NOTE}"
+        ),
+        "patchvsr_4k_fast.json": (
+            "## PatchVSR: video file to 4K, fast\n"
+            f"{MODELS_NOTE} Pick a step-distillation LoRA for your Wan model in **Step-distillation LoRA** (4-8 steps), "
+            "and your clip in **Load Video**.\n\n"
+            f"**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160 from {run_cost('4K', 'shifted', 6, 1.0)}: the "
+            "'shifted' stitch runs one patch grid per step, its borders moved between steps, and the paper's bridging "
+            f"patches on the last step only. At cfg 1 the negative prompt is not used. {EXPECT_NOTE}"
+        ),
+        "patchvsr_t2v_to_2k.json": (
+            "## Wan T2V straight into PatchVSR\n"
+            f"{MODELS_NOTE} Write your prompt in **Positive**; **Wan T2V size** and **Wan T2V sampler** make the "
+            "832x480 clip, whose latent goes to PatchVSR without a round trip through a video file.\n\n"
+            f"**Expect** output/PatchVSR/2K_*.mp4 at 2560x1440 after the T2V run, {run_cost('2K', 'weighted', 20, 5.0)}. "
+            "Upscale & Encode decodes, upscales and re-encodes the latent (exact); set latent_mode to 'latent "
+            f"bicubic' for the fast path. {EXPECT_NOTE}"
+        ),
+    }
 
 
 def main() -> None:
+    import sys
+
     from .server import ComfyServer
     from .tiny_models import ensure_in_subprocess
 
+    sys.path.insert(0, str(REPO))  # the pure-PyTorch models package, for the notes' costs
     models = ensure_in_subprocess(WORK / "models")
     with ComfyServer(WORK / "build-workflows", models, with_test_nodes=False) as server:
         info = server.object_info()
@@ -185,7 +222,7 @@ def main() -> None:
     }
     for name, graph in graphs.items():
         path = REPO / "workflows" / name
-        path.write_text(json.dumps(build(graph, info, NOTES[name]), indent=2) + "\n")
+        path.write_text(json.dumps(build(graph, info, notes()[name]), indent=2) + "\n")
         print(f"wrote {path}")
 
 

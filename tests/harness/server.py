@@ -61,6 +61,8 @@ class ComfyServer:
         with_test_nodes: bool = True,
         start_timeout: float = 240,
         threads: int | None = None,
+        frontend: bool = False,
+        preview_method: str | None = None,
     ):
         self.base_dir = Path(base_dir).resolve()
         self.models_dir = Path(models_dir).resolve()
@@ -70,6 +72,11 @@ class ComfyServer:
         # small ops, where a second thread costs more in synchronisation than it brings (the sampler matrix
         # on the pinned host: 573 s with one thread, 891 s with two, on an idle 2-core machine).
         self.threads = threads
+        # The real web frontend (the host's pinned comfyui-frontend-package) for the browser tests; API-only
+        # servers get an empty frontend folder, which keeps the package's files off their start-up.
+        self.frontend = frontend
+        # --preview-method (latent2rgb, auto, taesd): the live previews the sampler sends while it denoises.
+        self.preview_method = preview_method
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -117,9 +124,12 @@ class ComfyServer:
         cmd = [
             host_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-api-nodes", "--disable-auto-launch",
-            "--database-url", "sqlite:///:memory:", "--front-end-root", str(self.base_dir / "frontend"),
-            "--extra-model-paths-config", str(yaml_path),
+            "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(yaml_path),
         ]  # fmt: skip
+        if not self.frontend:
+            cmd += ["--front-end-root", str(self.base_dir / "frontend")]
+        if self.preview_method is not None:
+            cmd += ["--preview-method", self.preview_method]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.threads is not None:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))

@@ -22,7 +22,7 @@ def test_fast_4k_workflow_costs_steps_times_patches(server, object_info):
     assert prompt[sid]["inputs"]["cfg"] == 1.0
     (stitch,) = [n for n in prompt.values() if n["class_type"] == "PatchVSR_Stitcher"]
     assert stitch["inputs"]["mode"] == "shifted"
-    # The decode and save are the shipped-workflow test's (most of a 4K run's CPU time); here the sampler's
+    # The decode and save are the browser test's (most of a 4K run's CPU time); here the sampler's
     # latent is enough.
     for k in [k for k, n in prompt.items() if n["class_type"] in ("PatchVSR_Decode", "CreateVideo", "SaveVideo")]:
         del prompt[k]

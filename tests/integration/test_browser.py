@@ -1,0 +1,145 @@
+"""Every shipped workflow run the way an artist runs it: the real ComfyUI web page (the host's own
+comfyui-frontend-package) in headless Chromium, the workflow loaded from the pack's templates, the real Run
+button, the video waited for. This replaces running the same files through the HTTP API: the page converts
+them itself (widget order, links, the pack's JS), so nothing of the test harness stands between the shipped
+file and the server. Screenshots land in the server's output folder under browser/."""
+
+import json
+import re
+
+import pytest
+from harness.browser import (
+    EXTENSION_COLOUR,
+    Socket,
+    chromium,
+    fit_view,
+    load_template,
+    open_app,
+    press_run,
+    quiet_page,
+    use_tiny_models,
+    visible_dialogs,
+    wait_for_prompt,
+)
+from harness.paths import REPO
+from harness.video import video_size
+
+from models.blend import StitchConfig, StitchMode
+from models.cost import cost_text, total_evaluations
+from models.plan import Geometry, PlanConfig, make_plan
+
+pytestmark = pytest.mark.integration
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+TARGETS = {"2K": (2560, 1440), "4K": (3840, 2160)}
+# What the frontends say when a workflow names node types the server does not have.
+MISSING_NODES = re.compile(r"missing node|nodes are missing|node types? (were )?not found", re.IGNORECASE)
+CLIP_HW = (144, 256)  # the tests' input clip (conftest) and the T2V latent (harness.browser.use_tiny_models)
+STEPS = 2
+
+
+def expected_plan(target: str):
+    """The plan the partitioner makes for the tests' 1-frame input: Wan 2.1's 832x480 patches."""
+    h, w = TARGETS[target][1], TARGETS[target][0]
+    geometry = Geometry("wan2.1", 16, 8, CLIP_HW, (h, w), (480, 832), 1)
+    return make_plan(PlanConfig((1, h // 8, w // 8), (60, 104), 21), geometry=geometry)
+
+
+def cost_widget(page) -> str:
+    """The text the pack's JS shows on the partitioner node."""
+    return page.evaluate(
+        """() => window.app.graph.nodes.filter(n => n.type === 'PatchVSR_Partitioner')
+            .map(n => (n.widgets || []).find(w => w.name === 'patchvsr_cost')?.value ?? '')[0]"""
+    )
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as ctx:
+        yield ctx
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
+    shots = server.output_dir / "browser"
+    shots.mkdir(exist_ok=True)
+    page = browser.new_page()
+    socket = Socket()
+    socket.attach(page)
+    try:
+        # 1. Open the page and load the template: every node type known, the pack's extension ran on each
+        #    of its nodes, no missing-node dialog.
+        open_app(page, server.url)
+        nodes = load_template(page, workflow.stem)
+        unknown = [n["type"] for n in nodes if not n["known"] and n["type"] not in ("Note", "MarkdownNote")]
+        assert not unknown, f"the frontend does not know these node types: {unknown}"
+        pack_nodes = [n for n in nodes if n["type"].startswith("PatchVSR_")]
+        assert pack_nodes and all(n["colour"] == EXTENSION_COLOUR for n in pack_nodes), pack_nodes
+        # A missing-model notice may show: the workflow names the artist's Wan files, not the tiny models.
+        on_load = visible_dialogs(page)
+        assert not [d for d in on_load if MISSING_NODES.search(d)], on_load
+        # 2. The tiny models and a short run, set through the page's graph; then the real Run button.
+        use_tiny_models(page, steps=STEPS, t2v_size=(CLIP_HW[1], CLIP_HW[0], 1))
+        page.screenshot(path=str(shots / f"{workflow.stem}_loaded.png"))
+        press_run(page)
+        try:
+            with quiet_page(page):
+                prompt_id, status, data = wait_for_prompt(page, socket, timeout=2400)
+        except (AssertionError, TimeoutError):
+            server.interrupt()  # the next test's prompt must not queue behind this one
+            raise
+        fit_view(page)
+        page.wait_for_timeout(1500)  # the output node's video preview
+        page.screenshot(path=str(shots / f"{workflow.stem}.png"))
+        assert status == "success", json.dumps(data)[:3000]
+        # 3. No validation dialog, and the live preview reached the page while the sampler ran.
+        new = [d for d in visible_dialogs(page) if d not in on_load]
+        assert not new, new
+        sampler = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Sampler")
+        runs = [t for t, m in socket.find("executing", prompt_id) if m["data"].get("node") is not None]
+        starts = {m["data"]["node"]: t for t, m in socket.find("executing", prompt_id)}
+        begin = starts[str(sampler)]
+        end = min((t for t in runs if t > begin), default=float("inf"))
+        previews = [b for b in socket.binary if begin <= b[0] <= end]
+        assert previews, (
+            f"no preview image over the websocket while the sampler ran ({len(socket.binary)} binary frames in all)"
+        )
+        shown = cost_widget(page)
+        # The cost widget is display only: never sent with the prompt (it would change the partitioner's
+        # inputs, and so rerun the chain, whenever the sampler's steps change).
+        sent = page.evaluate(
+            """async () => Object.values((await window.app.graphToPrompt()).output)
+                .filter(n => n.class_type === 'PatchVSR_Partitioner').map(n => Object.keys(n.inputs))"""
+        )
+        assert all("patchvsr_cost" not in keys for keys in sent), sent
+        settings = page.evaluate(
+            """() => Object.fromEntries(window.app.graph.nodes.filter(n => ['PatchVSR_Sampler', 'PatchVSR_Stitcher'].includes(n.type))
+                .map(n => [n.type, Object.fromEntries(n.widgets.map(w => [w.name, w.value]))]))"""
+        )
+    finally:
+        page.close()
+    # 4. The saved video, as the server recorded it: exactly the preset frame.
+    outputs = server.wait_for_history(prompt_id)["outputs"]
+    (video,) = [
+        server.output_dir / item.get("subfolder", "") / item["filename"]
+        for out in outputs.values()
+        for items in out.values()
+        if isinstance(items, list)
+        for item in items
+        if isinstance(item, dict) and item.get("type") == "output" and item.get("filename", "").endswith(".mp4")
+    ]
+    width, height, frames = video_size(video)
+    target = "4K" if "4k" in workflow.stem else "2K"
+    assert (width, height) == TARGETS[target] and frames >= 1
+    # 5. The plan's cost: the server's text is the plan's (every line but the memory estimate, which needs
+    #    the model), and the JS shows it with the total for the connected sampler's steps, cfg and stitch.
+    plan = expected_plan(target)
+    partitioner = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Partitioner")
+    text = outputs[str(partitioner)]["text"][0]
+    for line in cost_text(plan).splitlines():
+        assert line in text, (line, text)
+    assert "Memory estimate: DiT about" in text
+    sampler, stitcher = settings["PatchVSR_Sampler"], settings["PatchVSR_Stitcher"]
+    total = total_evaluations(plan, StitchConfig(StitchMode(stitcher["mode"])), STEPS, sampler["cfg"])
+    assert (
+        text in shown and f"{STEPS} steps, cfg {sampler['cfg']:g}, {stitcher['mode']} stitch: {total} patch" in shown
+    ), shown
