@@ -311,12 +311,14 @@ class _Loss(nn.Module):
         return self._trainer[0].loss(sample, gen)
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a (possibly FSDP-sharded) parameter or optimiser state, on the CPU. A collective
-    for a sharded one: every rank calls it in the same order."""
+def _full(t: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """The whole tensor of a (possibly FSDP-sharded) parameter or optimiser state, on the CPU; None where
+    not `keep` (the ranks that write nothing: 8 CPU copies of a 14B adapter's state would not fit a node's
+    memory). A collective for a sharded one: every rank calls it, in the same order."""
     from torch.distributed.tensor import DTensor
 
-    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().contiguous()
+    t = t.full_tensor() if isinstance(t, DTensor) else t
+    return t.detach().cpu().contiguous() if keep else None
 
 
 def _like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -387,7 +389,8 @@ class Trainer:
         if not self.cfg.shard:
             from torch.nn.parallel import DistributedDataParallel
 
-            return DistributedDataParallel(module)
+            # Gradients as views into DDP's buckets: no second fp32 copy of them (4 bytes per trained weight).
+            return DistributedDataParallel(module, gradient_as_bucket_view=True)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -452,24 +455,29 @@ class Trainer:
     def _ckpt_dir(self) -> Path:
         return Path(self.cfg.work) / "checkpoints"
 
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.shard and self.world.active
+
     def _full_state(self) -> dict[str, torch.Tensor]:
-        """Whole adapter weights and AdamW moments on the CPU (gathered from the shards under FSDP; every
-        rank must call this, in step)."""
-        tensors = {f"adapter.{k}": _full(v) for k, v in self.adapter.state_dict().items()}
+        """Whole adapter weights and AdamW moments on rank 0's CPU. Sharded, every rank must call this, in
+        step: the shards are gathered."""
+        keep = self.world.main
+        tensors = {f"adapter.{k}": _full(v, keep) for k, v in self.adapter.state_dict().items()}
         names = {id(p): n for n, p in self.adapter.named_parameters()}
         for p in self.params:
             st = self.opt.state.get(p, {})
             for k in ("exp_avg", "exp_avg_sq", "step"):
                 if k in st:
-                    tensors[f"opt.{names[id(p)]}.{k}"] = _full(torch.as_tensor(st[k]))
+                    tensors[f"opt.{names[id(p)]}.{k}"] = _full(torch.as_tensor(st[k]), keep)
         return tensors
 
     def save_checkpoint(self) -> Path:
         """Adapter weights, AdamW moments, step, loss history and the RNG state: enough to resume exactly.
         Written by rank 0 only; the RNG is the same on every rank (all draw the same global batch)."""
-        tensors = self._full_state()
         path = self._ckpt_dir() / f"step_{self.step:07d}{CKPT_SUFFIX}"
         self.saved_step = self.step
+        tensors = self._full_state() if self.world.main or self.sharded else {}
         if not self.world.main:
             return path
         tensors["rng"] = self.gen.get_state()
@@ -608,9 +616,9 @@ class Trainer:
             "train_batch": str(self.cfg.accum * self.world.size),
             "train_precision": str(self.dtype).removeprefix("torch."),
         }
-        if not self.cfg.shard or not self.world.active:
+        if not self.sharded:
             return save_adapter(self.adapter, out, meta) if self.world.main else out
-        full = {k: _full(v) for k, v in self.adapter.state_dict().items()}
+        full = {k: _full(v, self.world.main) for k, v in self.adapter.state_dict().items()}
         if not self.world.main:
             return out
         # A plain adapter to write the file from: built on the meta device (no memory, no init work), then

@@ -367,3 +367,24 @@ def test_global_batch_not_its_split_is_part_of_a_run(data):
     assert run_identity(replace(cfg, accum=2), dm, names) == run_identity(cfg, dm, names, world_size=2)
     # ... and a bf16 copy of the base is the same base as its fp32 original.
     assert run_identity(cfg, dm, names) == run_identity(cfg, tiny_wan(layers=2).to(torch.bfloat16), names)
+
+
+def test_each_precision_trains_like_fp32(host, data, tmp_path):
+    """The frozen base in bf16 (auto on the CPU and on Ampere+ GPUs) or fp16 (older GPUs, with a loss
+    scaler) takes the same path as fp32 to within rounding; the trained weights stay fp32."""
+    cfg = config(data, tmp_path, steps=3, val_every=100, ckpt_every=100)
+    tr, va = split(cache_latents(cfg, find_clips(data), host), cfg.val_fraction, cfg.seed)
+    losses = {}
+    for precision, dtype in (("fp32", torch.float32), ("auto", torch.bfloat16), ("fp16", torch.float16)):
+        trainer = Trainer(replace(cfg, precision=precision, work=str(tmp_path / precision)), tiny_wan(layers=2), text)
+        try:
+            trainer.run([load_sample(p) for p in tr], [])
+        finally:
+            trainer.close()
+        assert trainer.dm.blocks[0].self_attn.q.weight.dtype == dtype
+        assert trainer.dm.patch_embedding.weight.dtype == torch.float32  # as the host keeps it
+        assert {p.dtype for p in trainer.params} == {torch.float32}
+        losses[precision] = [h["loss"] for h in trainer.history]
+    print(losses)
+    for precision in ("auto", "fp16"):
+        assert losses[precision] == pytest.approx(losses["fp32"], rel=1e-2), precision
