@@ -94,7 +94,7 @@ def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, t
         make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
     (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)  # skipped with one line, not the run's end
     _remove_run(server, tiny_models, name)
-    result = server.run(_trainer_prompt(data, name))
+    result = server.run(_trainer_prompt(data, name, accumulate=2))
     assert result.status == "success", json.dumps(result.error)[:3000]
     saved = list(tiny_models.glob(f"patchvsr/{name}.safetensors")) + list(
         (server.base_dir / "models" / "patchvsr").glob(f"{name}.safetensors")
@@ -108,6 +108,11 @@ def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, t
     log = server.log_path.read_text()
     assert "skipped 'broken.mp4': Error opening input files: Invalid data found when processing input" in log
     assert "skipped 1 of 3 clips that could not be read; training on 2" in log
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:  # 2 examples a step, the frozen base in bf16 (precision auto)
+        meta = f.metadata()
+    assert (meta["train_batch"], meta["train_precision"], meta["train_scale"]) == ("2", "bfloat16", "[1.0, 4.5]")
     _remove_run(server, tiny_models, name)
 
 
