@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,22 +14,53 @@ from comfy_api.latest import io
 
 from ..models.adapter import plain_copy
 from ..models.data import find_clips
-from ..models.train import TrainConfig, check_name, run_folder, train
+from ..models.distributed import ONE, World
+from ..models.train import PRECISIONS, TrainConfig, check_name, compute_dtype, run_folder, train
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight, training_mode
 from .sockets import CATEGORY
 
+log = logging.getLogger(__name__)
 
-def host_functions(model, vae, clip=None):
+
+def text_function(clip, width: int):
+    """text(caption) -> [1, L, width] conditioning for the trainer; "" is the null prompt.
+
+    The null prompt is the text encoder's encoding of the empty prompt (what the base sees for an empty
+    prompt at inference; the paper replaces 10% of the captions by it), encoded once. Without a text
+    encoder every caption is the null prompt and the only one available is a zero token."""
+    if clip is None:
+        log.warning(
+            "no text encoder given: captions are ignored and the null prompt is a zero token, not the encoded "
+            "empty prompt; connect the Wan text encoder (node: clip input, CLI: --text-encoder) to train as the paper does"
+        )
+        zero = torch.zeros(1, 1, width)
+        return lambda caption: zero
+    cache = {}
+
+    def text(caption: str) -> torch.Tensor:
+        if caption in cache:
+            return cache[caption]
+        with torch.inference_mode(False), torch.no_grad():
+            out = clip.encode_from_tokens(clip.tokenize(caption)).float().clone()
+        if not caption:
+            cache[caption] = out
+        return out
+
+    return text
+
+
+def host_functions(model, vae, clip=None, dtype: torch.dtype = torch.float32):
     """(frozen DiT copy, encode, text) for the trainer from ComfyUI objects. The DiT is copied so
     the LoRA hooks and training never touch the artist's model."""
     family = model_family(model)
     check_vae(vae, family)
     with torch.inference_mode(False):
         # ComfyUI loads weights under inference_mode; autograd refuses such tensors, so the copy gets
-        # ordinary float32 tensors, read as real numbers whatever the model's format (fp8, scaled fp8,
-        # quantized), in stock layers (a deep copy would keep fp8 storage and the host's scaling ops).
-        dm = plain_copy(model.model.diffusion_model, torch.float32, real_weight)
+        # ordinary tensors of the trainer's compute dtype, read as real numbers whatever the model's format
+        # (fp8, scaled fp8, quantized), in stock layers (a deep copy would keep fp8 storage and the host's
+        # scaling ops). Straight to that dtype: no fp32 copy of a 14B base on the way.
+        dm = plain_copy(model.model.diffusion_model, dtype, real_weight)
     latent_format = model.get_model_object("latent_format")
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -36,17 +68,14 @@ def host_functions(model, vae, clip=None):
         with torch.inference_mode(False), torch.no_grad():
             return latent_format.process_in(vae.encode(pixels[..., :3]).float()).clone()
 
-    def text(caption: str) -> torch.Tensor:
-        if clip is None or not caption:
-            return torch.zeros(1, 1, dm.text_embedding[0].in_features)  # the null prompt
-        return clip.encode_from_tokens(clip.tokenize(caption)).float()
-
-    return dm, family, encode, text
+    return dm, family, encode, text_function(clip, dm.text_embedding[0].in_features)
 
 
-def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, overwrite=False, restart=False):
-    dm, family, encode, text = host_functions(model, vae, clip)
+def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, overwrite=False, restart=False,
+        world: World = ONE):  # fmt: skip
+    """Trains in this process; under torchrun (the CLI) `world` says which rank it is."""
     device = comfy.model_management.get_torch_device()
+    dm, family, encode, text = host_functions(model, vae, clip, compute_dtype(cfg.precision, device))
     dm.to(device)
     cfg = replace(cfg, spatial_stride=family.spatial_stride)
 
@@ -57,7 +86,8 @@ def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, ov
     check = progress.check if progress is not None else None
     # ComfyUI runs nodes under inference_mode; training needs autograd back on.
     with torch.inference_mode(False), torch.enable_grad(), training_mode():
-        return train(cfg, dm, encode, text, device, on_step, check, overwrite=overwrite, restart=restart)
+        return train(cfg, dm, encode, text, device, on_step, check, overwrite=overwrite, restart=restart,
+                     world=world)  # fmt: skip
 
 
 class AdapterTrainer(io.ComfyNode):
@@ -136,16 +166,18 @@ class AdapterTrainer(io.ComfyNode):
                     max=8.0,
                     step=0.25,
                     optional=True,
-                    tooltip="LR made by down-scaling by s ~ U[scale_min, scale_max] (paper: 1-4). Narrow it to the factor you upscale by.",
+                    tooltip="LR made by down-scaling by s ~ U[scale_min, scale_max] (paper: 1-4; default 1-4.5 covers the workflows' "
+                    "factors up to 480p to 4K). Narrow it to the factor you upscale by.",
                 ),
                 io.Float.Input(
                     "scale_max",
-                    default=4.0,
+                    default=4.5,
                     min=1.0,
                     max=8.0,
                     step=0.25,
                     optional=True,
-                    tooltip="Upper end of the LR down-scale range (at least scale_min).",
+                    tooltip="Upper end of the LR down-scale range (at least scale_min; default 4.5, 480p to 4K). "
+                    "Stored in the adapter's metadata.",
                 ),
                 io.Float.Input(
                     "condition_noise_min",
@@ -165,6 +197,23 @@ class AdapterTrainer(io.ComfyNode):
                     optional=True,
                     tooltip="Upper end of the patch-condition noise range (at least condition_noise_min).",
                 ),
+                io.Int.Input(
+                    "accumulate",
+                    default=1,
+                    min=1,
+                    max=4096,
+                    optional=True,
+                    tooltip="Examples per optimiser step (gradient accumulation): the batch size on one GPU. The "
+                    "paper trains with 64 (16 GPUs); the command line tool spreads it over GPUs with torchrun.",
+                ),
+                io.Combo.Input(
+                    "precision",
+                    options=list(PRECISIONS),
+                    default="auto",
+                    optional=True,
+                    tooltip="Dtype of the frozen base and of the computation (the trained weights stay fp32). auto: "
+                    "bf16 where the device has it, fp16 on GPUs older than Ampere.",
+                ),
                 io.Boolean.Input(
                     "overwrite",
                     default=False,
@@ -175,7 +224,8 @@ class AdapterTrainer(io.ComfyNode):
                 io.Clip.Input(
                     "clip",
                     optional=True,
-                    tooltip="Optional text encoder for the captions; without it every caption is the null prompt.",
+                    tooltip="The Wan text encoder, for the captions and the null prompt (its encoding of the empty prompt). "
+                    "Without it captions are ignored and the null prompt is a zero token.",
                 ),
             ],
             outputs=[
@@ -187,8 +237,9 @@ class AdapterTrainer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, data_folder, adapter_name, steps, learning_rate, lora_rank, crop_width, crop_height,
-                max_frames, checkpoint_every, seed, scale_min=1.0, scale_max=4.0, condition_noise_min=0.2,
-                condition_noise_max=0.3, overwrite=False, clip=None) -> io.NodeOutput:  # fmt: skip
+                max_frames, checkpoint_every, seed, scale_min=1.0, scale_max=4.5, condition_noise_min=0.2,
+                condition_noise_max=0.3, accumulate=1, precision="auto", overwrite=False,
+                clip=None) -> io.NodeOutput:  # fmt: skip
         family = model_family(model)
         for lo_name, lo, hi_name, hi in (("scale_min", scale_min, "scale_max", scale_max),
                                          ("condition_noise_min", condition_noise_min, "condition_noise_max", condition_noise_max)):  # fmt: skip
@@ -207,7 +258,7 @@ class AdapterTrainer(io.ComfyNode):
             work=str(run_folder(Path(out_dir) / f"{name}.safetensors")),
             steps=steps, lr=learning_rate, lora_rank=lora_rank, crop_px=crop, max_frames=max_frames,
             ckpt_every=checkpoint_every, seed=seed, scale=(scale_min, scale_max),
-            cond_noise=(condition_noise_min, condition_noise_max),
+            cond_noise=(condition_noise_min, condition_noise_max), accum=accumulate, precision=precision,
         )  # fmt: skip
         path, history = run(model, vae, clip, cfg, Progress(steps), overwrite=overwrite)
         return io.NodeOutput(os.path.basename(path))

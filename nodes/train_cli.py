@@ -5,11 +5,19 @@
         [--text-encoder /path/to/umt5_xxl_fp8_e4m3fn_scaled.safetensors] \\
         --data /path/to/hr_videos --out my_adapter.safetensors --steps 20000
 
-Runs on the GPU when ComfyUI finds one (bf16 autocast where supported), else on the CPU. Latents are cached
-and checkpoints written under --work (default: <out>.ckpt beside the adapter); running the same command
-again resumes from the last checkpoint (Ctrl-C writes one first). A checkpoint made with other settings, or
-an existing --out, stops the run with what differs; --overwrite replaces the adapter and starts over if the
-settings differ, --restart always starts over.
+Several GPUs (data parallel, one process per GPU; the global batch is --accum x GPUs):
+
+    torchrun --nproc-per-node 8 nodes/train_cli.py ... --accum 8 [--shard]
+
+--shard shards the adapter, its gradients and AdamW moments over the GPUs (FSDP2), for the 14B base whose
+adapter and optimiser do not fit one GPU; without it every GPU holds all of them (DDP).
+
+Runs on the GPU when ComfyUI finds one, else on the CPU, with the frozen base in bf16 (fp16 on GPUs
+without bf16; --precision). Latents are cached and checkpoints written under --work (default: <out>.ckpt
+beside the adapter); running the same command again resumes from the last checkpoint (Ctrl-C writes one
+first), also with another number of GPUs and --accum when the global batch is the same. A checkpoint made
+with other settings, or an existing --out, stops the run with what differs; --overwrite replaces the
+adapter and starts over if the settings differ, --restart always starts over.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -80,7 +89,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (holding main.py)")
     p.add_argument("--model", type=Path, required=True, help="Wan T2V diffusion model .safetensors")
     p.add_argument("--vae", type=Path, required=True, help="its VAE .safetensors")
-    p.add_argument("--text-encoder", type=Path, help="umT5 text encoder for sidecar captions (else null prompt)")
+    p.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="Wan's umT5 text encoder, for the sidecar captions and the null prompt (its encoding of the empty "
+        "prompt); without it captions are ignored and the null prompt is a zero token",
+    )
     p.add_argument("--data", type=Path, required=True, help="folder of HR videos / images")
     p.add_argument("--out", type=Path, required=True, help="adapter .safetensors to write")
     p.add_argument("--work", type=Path, help="cache and checkpoints (default: <out>.ckpt beside the adapter)")
@@ -96,8 +110,9 @@ def main(argv: list[str]) -> int:
         type=float,
         nargs=2,
         metavar=("LO", "HI"),
-        default=(1.0, 4.0),
-        help="LR down-scale factor range, s ~ U[LO, HI] (paper: 1 4); narrow it to train for one factor",
+        default=(1.0, 4.5),
+        help="LR down-scale factor range, s ~ U[LO, HI] (paper: 1 4; default 1 4.5 covers 480p to 4K); stored in "
+        "the adapter's metadata; narrow it to train for one factor",
     )
     p.add_argument(
         "--cond-noise",
@@ -109,14 +124,53 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--patch-blocks", type=int, default=0, help="patch-branch blocks (0 = 1/6 of the base)")
     p.add_argument("--global-blocks", type=int, default=0, help="global-branch blocks (0 = 1/10 of the base)")
+    p.add_argument(
+        "--accum", type=int, default=1, help="examples per GPU per step (gradient accumulation); batch = accum x GPUs"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto, bf16, fp16 or fp32: dtype of the frozen base and the computation (auto: bf16, fp16 on GPUs "
+        "without bf16); the trained weights and AdamW stay fp32",
+    )
+    p.add_argument(
+        "--shard",
+        action="store_true",
+        help="under torchrun: shard the adapter, gradients and AdamW over the GPUs (FSDP2) instead of a copy each",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # torchrun's environment (models/distributed.py reads it too, once the pack is importable)
+    size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    # One log, from rank 0; the other ranks say only what goes wrong (e.g. a clip they could not read).
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(message)s" if size == 1 else f"[rank {rank}] %(message)s",
+    )
     if args.out.suffix != ".safetensors":
         p.error(f"--out: '{args.out}' must end in .safetensors (the loader lists only those).")
+    if args.accum < 1:
+        p.error(f"--accum: {args.accum}; give at least 1 example per GPU and step.")
+    if args.shard and size == 1:
+        p.error("--shard: one process has nothing to shard over; start the run with torchrun --nproc-per-node N.")
+    import torch
+
+    if size > 1 and torch.cuda.is_available():  # ComfyUI takes the current CUDA device: one GPU per rank
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     import_pack(args.comfyui)
+    from patchvsr_pack.models import distributed
+
+    world = distributed.from_env()
+    distributed.init(world)
+    try:
+        return _train(p, args, world)
+    finally:
+        distributed.close(world)
+
+
+def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
     import comfy.sd
     import comfy.utils
     from patchvsr_pack.models.train import TrainConfig, check_name, run_folder
@@ -138,17 +192,25 @@ def main(argv: list[str]) -> int:
         steps=args.steps, lr=args.lr, lora_rank=args.lora_rank, crop_px=tuple(args.crop or family.native_hw),
         max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
         val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed, scale=tuple(args.scale),
-        cond_noise=tuple(args.cond_noise),
+        cond_noise=tuple(args.cond_noise), accum=args.accum, precision=args.precision, shard=args.shard,
     )  # fmt: skip
+    if world.main and world.size > 1:
+        log.info("%d processes, global batch %d (--accum %d per process)", world.size, world.size * args.accum,
+                 args.accum)  # fmt: skip
     try:
         with StopBetweenSteps() as progress:
-            path, history = run(model, vae, clip, cfg, progress, overwrite=args.overwrite, restart=args.restart)
+            path, history = run(model, vae, clip, cfg, progress, overwrite=args.overwrite, restart=args.restart,
+                                world=world)  # fmt: skip
     except ValueError as e:  # a refused run: the message says what differs and what to do
-        log.error("error: %s", e)
+        if world.main:  # every rank stops with the same message (models/train.py shares rank 0's verdict)
+            log.error("error: %s", e)
         return 2
     except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to resume")
+        if world.main:
+            log.error("interrupted; run the same command again to resume")
         return 130
+    if not world.main:
+        return 0
     vals = [h for h in history if "val" in h]
     for h in vals:
         print(f"step {h['step']:>7}  validation loss {h['val']:.5f}")

@@ -112,7 +112,7 @@ def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, t
         make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
     (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)  # skipped with one line, not the run's end
     _remove_run(server, tiny_models, name)
-    result = server.run(_trainer_prompt(data, name))
+    result = server.run(_trainer_prompt(data, name, accumulate=2))
     assert result.status == "success", json.dumps(result.error)[:3000]
     saved = list(tiny_models.glob(f"patchvsr/{name}.safetensors")) + list(
         (server.base_dir / "models" / "patchvsr").glob(f"{name}.safetensors")
@@ -126,6 +126,11 @@ def test_trainer_node_trains_and_saves_a_loadable_adapter(server, tiny_models, t
     log = server.log_path.read_text()
     assert "skipped 'broken.mp4': Error opening input files: Invalid data found when processing input" in log
     assert "skipped 1 of 3 clips that could not be read; training on 2" in log
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:  # 2 examples a step, the frozen base in bf16 (precision auto)
+        meta = f.metadata()
+    assert (meta["train_batch"], meta["train_precision"], meta["train_scale"]) == ("2", "bfloat16", "[1.0, 4.5]")
     _remove_run(server, tiny_models, name)
 
 
@@ -207,3 +212,34 @@ def test_command_line_trainer(tiny_models, tmp_path):
     assert run.returncode == 2 and "lora_rank 8 (checkpoint: 4)" in run.stderr, run.stderr[-3000:]
     run = cli("--lora-rank", "8", "--restart")
     assert run.returncode == 0 and "starting over: deleting 1 checkpoints" in run.stderr, run.stderr[-3000:]
+
+
+def test_command_line_trainer_under_torchrun(tiny_models, tmp_path):
+    """The GPU-node command, on 2 CPU processes (gloo): torchrun starts nodes/train_cli.py twice, --shard
+    shards the adapter and AdamW (FSDP2). One log, one adapter gathered from the shards, global batch 2.
+    (That 2 processes follow 1 process's losses: tests/unit/test_train.py.)"""
+    from safetensors import safe_open
+
+    data = tmp_path / "clips"
+    for i in range(3):
+        make_clip(data / f"c{i}.mp4", width=96, height=64, frames=5)
+    (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)
+    out = tmp_path / "multi.safetensors"
+    cmd = [
+        host_python(), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        "--model", str(tiny_models / "diffusion_models" / f"{DIT.name}.safetensors"),
+        "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
+        "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",
+        "--accum", "1", "--shard", "--val-every", "2",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(run.stdout, run.stderr[-3000:])
+    assert run.stdout.count(f"wrote {out}") == 1, run.stdout
+    assert "[rank 0] 2 processes, global batch 2 (--accum 1 per process)" in run.stderr
+    assert run.stderr.count("skipped 1 of 4 clips that could not be read; training on 3") == 1
+    assert [p.name for p in (tmp_path / "multi.ckpt" / "checkpoints").iterdir()] == ["step_0000002.ckpt"]
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert (meta["train_batch"], meta["train_scale"], meta["train_steps"]) == ("2", "[1.0, 4.5]", "2")

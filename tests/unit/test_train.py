@@ -172,12 +172,14 @@ def _other_model():
         (dict(lora_rank=8), "lora_rank 8 (checkpoint: 4)"),
         (dict(lr=2e-3), "lr 0.002 (checkpoint: 0.001)"),
         (dict(seed=1), "seed 1 (checkpoint: 0)"),
-        (dict(scale=(2.0, 2.0)), "scale [2.0, 2.0] (checkpoint: [1.0, 4.0])"),
+        (dict(scale=(2.0, 2.0)), "scale [2.0, 2.0] (checkpoint: [1.0, 4.5])"),
+        (dict(accum=4), "batch 4 (checkpoint: 1)"),
+        (dict(precision="fp32"), 'precision "fp32" (checkpoint: "auto")'),
         ("data", 'data "{other}" (checkpoint: "{data}")'),
         ("model", "model dim 128, 2 layers, 1 heads, 16 channels, weights "),
         ("clips", "clips 3 clips"),
     ],
-    ids=["lora_rank", "hyper-parameter", "seed", "scale", "data folder", "model", "clips"],
+    ids=["lora_rank", "hyper-parameter", "seed", "scale", "batch", "precision", "data folder", "model", "clips"],
 )
 def test_resume_with_other_settings_says_what_differs(host, data, tmp_path, change, expected):
     names = [c.path.name for c in find_clips(data)]
@@ -304,3 +306,85 @@ def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
     finally:
         trainer.close()
     assert target.read_bytes() == b"the previous file"
+
+
+# -- a trainer for real hardware (issue 9, item 3) -----------------------------------------------------------
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(host, data, tmp_path):
+    """Two CPU processes joined by gloo, as torchrun starts them: DDP with one example each follows one
+    process with accum 2 (gradient accumulation); FSDP2 (shard) resumes DDP's checkpoint and goes on the
+    same way. Rank 0 alone writes checkpoints and adapters, each once. Precision auto: bf16 on the CPU."""
+    from harness import distributed
+
+    one_cfg = config(data, tmp_path / "one", steps=3, ckpt_every=2, val_every=2, accum=2)
+    paths = cache_latents(one_cfg, find_clips(data), host)
+    tr, va = split(paths, one_cfg.val_fraction, one_cfg.seed)
+    one = Trainer(one_cfg, tiny_wan(layers=2), text)
+    try:
+        one.run([load_sample(p) for p in tr], [load_sample(p) for p in va])
+        one.export()
+    finally:
+        one.close()
+    assert one.dtype == torch.bfloat16 and one.dm.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    ddp = config(data, tmp_path / "two", steps=2, ckpt_every=2, val_every=2, accum=1)
+    sharded = replace(ddp, steps=3, shard=True, out=str(tmp_path / "two" / "sharded.safetensors"))
+    ranks = distributed.run([ddp, sharded], tr, va, tmp_path / "results")
+
+    def losses(history):
+        return [(h["step"], h.get("loss"), h.get("val")) for h in history]
+
+    expected = losses(one.history)
+    print("one process, accum 2:", expected)
+    for job, n_steps, rel in ((0, 2, 1e-5), (1, 3, 1e-3)):
+        got = losses(ranks[0][job]["history"])
+        print(["ddp", "fsdp"][job], got)
+        assert got == losses(ranks[1][job]["history"]), "the ranks disagree on the losses"
+        assert [g[0] for g in got] == [e[0] for e in expected[: n_steps + 1]]
+        for g, e in zip(got, expected):
+            assert all((a is None) == (b is None) for a, b in zip(g[1:], e[1:])), (g, e)
+            assert all(a == pytest.approx(b, rel=rel) for a, b in zip(g[1:], e[1:]) if a is not None), (g, e)
+    assert [r[0]["writes"] for r in ranks] == [["step_0000002.ckpt", "adapter.safetensors"], []]
+    assert [r[1]["writes"] for r in ranks] == [["step_0000003.ckpt", "sharded.safetensors"], []]
+    # The sharded run's file holds the whole adapter, gathered from the shards.
+    dm = tiny_wan(layers=2)
+    adapter = load_adapter(Path(sharded.out), dm.blocks, dm.patch_embedding, (128, 2, 1, 16))
+    from safetensors import safe_open
+
+    with safe_open(sharded.out, "pt") as f:
+        meta = f.metadata()
+    assert (meta["train_scale"], meta["train_batch"], meta["train_precision"]) == ("[1.0, 4.5]", "2", "bfloat16")
+    ref = load_adapter(Path(one_cfg.out), dm.blocks, dm.patch_embedding, (128, 2, 1, 16)).state_dict()
+    diff = max((v - ref[k]).abs().max().item() for k, v in adapter.state_dict().items())
+    print("largest weight difference, sharded vs one process:", diff)
+    assert diff < 3 * one_cfg.lr  # three Adam steps of at most ~lr each apart at worst
+
+
+def test_global_batch_not_its_split_is_part_of_a_run(data):
+    names = [c.path.name for c in find_clips(data)]
+    cfg, dm = config(data, Path("unused")), tiny_wan(layers=2)
+    # 2 processes x 1 example resume 1 process x 2 examples (and the other way round) ...
+    assert run_identity(replace(cfg, accum=2), dm, names) == run_identity(cfg, dm, names, world_size=2)
+    # ... and a bf16 copy of the base is the same base as its fp32 original.
+    assert run_identity(cfg, dm, names) == run_identity(cfg, tiny_wan(layers=2).to(torch.bfloat16), names)
+
+
+def test_each_precision_trains_like_fp32(host, data, tmp_path):
+    """The frozen base in bf16 (auto on the CPU and on Ampere+ GPUs) or fp16 (older GPUs, with a loss
+    scaler) takes the same path as fp32 to within rounding; the trained weights stay fp32."""
+    cfg = config(data, tmp_path, steps=3, val_every=100, ckpt_every=100)
+    tr, va = split(cache_latents(cfg, find_clips(data), host), cfg.val_fraction, cfg.seed)
+    losses = {}
+    for precision, dtype in (("fp32", torch.float32), ("auto", torch.bfloat16), ("fp16", torch.float16)):
+        trainer = Trainer(replace(cfg, precision=precision, work=str(tmp_path / precision)), tiny_wan(layers=2), text)
+        try:
+            trainer.run([load_sample(p) for p in tr], [])
+        finally:
+            trainer.close()
+        assert trainer.dm.blocks[0].self_attn.q.weight.dtype == dtype
+        assert trainer.dm.patch_embedding.weight.dtype == torch.float32  # as the host keeps it
+        assert {p.dtype for p in trainer.params} == {torch.float32}
+        losses[precision] = [h["loss"] for h in trainer.history]
+    print(losses)
+    for precision in ("auto", "fp16"):
+        assert losses[precision] == pytest.approx(losses["fp32"], rel=1e-2), precision
