@@ -18,11 +18,11 @@ VAE_NAME = "patchvsr-tiny-wan21-vae-photo"
 DIT_NAME = "patchvsr-tiny-wan21-t2v-photo"
 # folder under the models dir, file name, sha256 of the committed file (tests/tiny prints it after training)
 FILES = {
-    "vae": ("vae", f"{VAE_NAME}.safetensors", "ddc8fe289087d478d4b210ae852a38c7ab3fc45b4a73da7b8b6c8a93dd148c36"),
+    "vae": ("vae", f"{VAE_NAME}.safetensors", "7096c227e623a55f391a1902b7e4929e69609679da1082925d4ccfa23b2b5836"),
     "dit": (
         "diffusion_models",
         f"{DIT_NAME}.safetensors",
-        "26e42413ba37252ce22376b1d8a33d772f0d4cb9a108f407bdb099f96c5d2b73",
+        "8b736ab6105962f082e5d25c80491956bcf1ed7d792b1e18ca8c7300b6160acf",
     ),
 }
 # The DiT's shape, as tests/tiny/train_dit.py builds it (ComfyUI detects it from the file; the proof's

@@ -51,8 +51,8 @@ def encode_set(vae, clips: int, gen: torch.Generator, size=(160, 160), frames=5)
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
