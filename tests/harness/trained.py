@@ -1,6 +1,7 @@
 """The tiny models trained here (tests/tiny), committed under tests/assets/models and checked by sha256
-before a server sees them. Unlike tiny_models.py's random weights these see: the VAE reconstructs
-photographs and the DiT is a rectified-flow model of their latents, so pixels mean something.
+before a server sees them. Unlike tiny_models.py's random weights these are trained (the VAE as an
+autoencoder of photographs, the DiT as a rectified-flow model of their latents) so that pixels can mean
+something; the files committed now are undertrained (tests/tiny/README.md, Status).
 
 Reproduce them with the commands in tests/tiny/README.md (CI never retrains).
 """
