@@ -1,0 +1,126 @@
+"""Trains the tiny Wan 2.1 VAE (ComfyUI's own class at width 16) as an autoencoder of camera-move clips cut
+from scikit-image's sample photographs. Fixed seed; 500 steps, about 5 CPU-minutes on one thread (30 minutes wall on the shared 2-core machine).
+
+    pip install --target /tmp/skimg --no-deps scikit-image   # only its bundled photographs are read
+    cd tests && PYTHONPATH=/tmp/skimg ../.venv/bin/python -m tiny.train_vae
+
+Writes tests/assets/models/vae/patchvsr-tiny-wan21-vae-photo.safetensors (fp16) and prints its sha256 and
+the held-out PSNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .common import VAE_FILE, latent_stats, psnr, save_fp16, wan_vae
+from .photos import HELD_OUT, TRAIN, camera_clip, heldout_clip, load_photo, skimage_data
+
+
+def to_vae(clip: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] -> [1, 3, N, H, W] in [-1, 1], as ComfyUI's VAE.encode prepares pixels."""
+    return clip.permute(1, 0, 2, 3)[None] * 2 - 1
+
+
+@torch.no_grad()
+def evaluate(vae, frames: int = 5, size=(192, 288)) -> dict[str, float]:
+    """PSNR (dB, pixels in [0, 1]) of encode -> decode on the held-out photos' clips."""
+    vae.eval()
+    out = {}
+    for name in HELD_OUT:
+        x = to_vae(heldout_clip(name, size, frames))
+        y = vae.decode(vae.encode(x)).clamp(-1, 1)
+        out[name] = psnr((y + 1) / 2, (x + 1) / 2)
+    vae.train()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this many steps of the --steps schedule (time budget)"
+    )
+    parser.add_argument("--out", default=str(VAE_FILE))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the machine's 2 cores are shared; the recipe is timed on one thread
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    # 1. Data: every training photograph, preloaded; clips are cut on the fly.
+    root = skimage_data()
+    photos = [load_photo(root / name) for name in TRAIN]
+    # 2. Model: ComfyUI's class, initialised as the random tiny VAE is (its ops skip torch's init).
+    from harness.tiny_models import _init_
+
+    vae = wan_vae()
+    _init_(vae, args.seed)
+    with torch.no_grad():  # every residual block starts as its shortcut (zero-init last conv): trains faster
+        for name, m in vae.named_modules():
+            if name.endswith("residual.6"):
+                m.weight.zero_()
+    vae.train()
+    mean, std = latent_stats()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    warmup = 50
+
+    def lr_at(step):
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup))))
+
+    started = time.monotonic()
+    size = (args.crop, args.crop)
+    for step in range(args.stop_at or args.steps):
+        # 3. Alternate 4 still frames (the first-frame path) and one 5-frame clip (the 4x temporal path).
+        if step % 2 == 0:
+            x = torch.cat([to_vae(camera_clip(photos[int(torch.randint(len(photos), (), generator=gen))], size, 1, gen))
+                           for _ in range(4)])  # fmt: skip
+        else:
+            x = to_vae(camera_clip(photos[int(torch.randint(len(photos), (), generator=gen))], size, 5, gen))
+        if float(torch.rand((), generator=gen)) < 0.5:  # colour and brightness jitter: the photos are few
+            x = (
+                x * (0.8 + 0.4 * torch.rand(1, 3, 1, 1, 1, generator=gen))
+                + 0.2 * torch.rand(1, 3, 1, 1, 1, generator=gen)
+                - 0.1
+            ).clamp(-1, 1)
+        z = vae.encode(x)  # [B, 16, T', h, w]
+        zn = (z - mean) / std
+        # Latent statistics near the Wan21 format's (the DiT's noise is unit Gaussian after process_in).
+        stat = (zn.mean(dim=(0, 2, 3, 4)) ** 2).mean() + ((zn.var(dim=(0, 2, 3, 4)) - 1) ** 2).mean()
+        # Small latent noise so the decoder tolerates a DiT's imperfect latents.
+        y = vae.decode(z + 0.05 * std * torch.randn(z.shape, generator=gen))
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        loss = rec + 0.01 * stat
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            p = psnr((y.detach().clamp(-1, 1) + 1) / 2, (x + 1) / 2)
+            print(f"step {step}  loss {loss.item():.4f}  stat {stat.item():.3f}  train psnr {p:.2f}  "
+                  f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        if (step + 1) % 200 == 0 and step + 1 < args.steps:
+            save_fp16(vae, VAE_FILE.with_suffix(".partial.safetensors"), {"step": step + 1})
+    took = time.monotonic() - started
+    ev = evaluate(vae)
+    digest = save_fp16(vae, Path(args.out), {
+        "recipe": "tiny.train_vae", "steps": args.steps, "stop_at": args.stop_at or args.steps, "lr": args.lr, "seed": args.seed, "train_s": round(took)})  # fmt: skip
+    print(f"trained in {took:.0f} s; held-out psnr " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+    print(f"sha256 {digest}  {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
