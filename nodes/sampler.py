@@ -217,7 +217,7 @@ class PatchSampler(io.ComfyNode):
                 StitcherType.Input(
                     "stitcher",
                     optional=True,
-                    tooltip="Optional PatchVSR Latent Stitcher; default: weighted with blend weight 5.0.",
+                    tooltip="Optional PatchVSR Latent Stitcher; default when unconnected: shifted (one grid per step whose borders move, the paper's weighted scheme on the last step).",
                 ),
                 AdapterType.Input(
                     "adapter",
