@@ -19,6 +19,7 @@ from ..models.train import PRECISIONS, TrainConfig, check_name, compute_dtype, r
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight, training_mode
 from .sockets import CATEGORY
+from .validate import widget_errors
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,10 @@ class AdapterTrainer(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, precision=None):
+        return widget_errors(cls, precision=precision)
 
     @classmethod
     def execute(cls, model, vae, data_folder, adapter_name, steps, learning_rate, lora_rank, crop_width, crop_height,
