@@ -19,7 +19,7 @@ VAE_NAME = "patchvsr-tiny-wan21-vae-photo"
 DIT_NAME = "patchvsr-tiny-wan21-t2v-photo"
 # folder under the models dir, file name, sha256 of the committed file (tests/tiny prints it after training)
 FILES = {
-    "vae": ("vae", f"{VAE_NAME}.safetensors", "7096c227e623a55f391a1902b7e4929e69609679da1082925d4ccfa23b2b5836"),
+    "vae": ("vae", f"{VAE_NAME}.safetensors", "fc9b15b34a8477b5afbcd3411780b3d8c4921099c0f7953b193f729291da66ee"),
     "dit": (
         "diffusion_models",
         f"{DIT_NAME}.safetensors",
