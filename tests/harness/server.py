@@ -183,6 +183,19 @@ class ComfyServer:
     def interrupt(self) -> None:
         requests.post(self.url + "/interrupt", timeout=30).raise_for_status()
 
+    def clear_cache(self) -> None:
+        """Empties the server's node-output cache (POST /free with free_memory, which also unloads models).
+        The queue's worker applies the flag after its current prompt or when it wakes, so a tiny prompt run
+        after it proves it applied: the worker checks the flags after every prompt, before the next."""
+        requests.post(self.url + "/free", json={"free_memory": True}, timeout=30).raise_for_status()
+        sentinel = {
+            "1": {"class_type": "PatchVSRTest_RandomLatent",
+                  "inputs": {"channels": 1, "frames": 1, "height": 1, "width": 1, "seed": int(time.time_ns() % 2**31)}},
+            "2": {"class_type": "PatchVSRTest_LatentStats", "inputs": {"samples": ["1", 0]}},
+        }  # fmt: skip
+        result = self.run(sentinel, timeout=120)
+        assert result.status == "success", result.error
+
     def delete_queued(self, prompt_ids: list[str]) -> None:
         """Removes prompts still waiting in the queue (every waiting one when `prompt_ids` is empty)."""
         body = {"delete": prompt_ids} if prompt_ids else {"clear": True}

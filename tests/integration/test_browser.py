@@ -62,6 +62,10 @@ def browser():
 def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
     shots = server.output_dir / "browser"
     shots.mkdir(exist_ok=True)
+    # A cold cache, as at an artist's first run: ComfyUI 0.33's default cache (RAM pressure) keeps node
+    # outputs across prompts, so a graph an earlier test ran with the same inputs would come back cached,
+    # with no sampling (no preview) to check and no partitioner text in this prompt's history (CI saw both).
+    server.clear_cache()
     page = browser.new_page()
     socket = Socket()
     socket.attach(page)
@@ -97,6 +101,8 @@ def test_shipped_workflow_runs_in_the_browser(server, browser, workflow):
         sampler = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Sampler")
         runs = [t for t, m in socket.find("executing", prompt_id) if m["data"].get("node") is not None]
         starts = {m["data"]["node"]: t for t, m in socket.find("executing", prompt_id)}
+        cached = [m["data"].get("nodes") for _, m in socket.find("execution_cached", prompt_id)]
+        assert str(sampler) in starts, f"the sampler {sampler} never ran; cached: {cached}"
         begin = starts[str(sampler)]
         end = min((t for t in runs if t > begin), default=float("inf"))
         previews = [b for b in socket.binary if begin <= b[0] <= end]
