@@ -51,6 +51,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--stop-at", type=int, default=None, help="stop after this many steps of the --steps schedule (time budget)"
     )
+    parser.add_argument(
+        "--init", default=None,
+        help="continue from these weights (a stage of the recipe: README Reproduce) instead of the random init",
+    )  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--out", default=str(VAE_FILE))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the machine's 2 cores are shared; the recipe is timed on one thread
@@ -69,10 +74,14 @@ def main(argv: list[str]) -> int:
         for name, m in vae.named_modules():
             if name.endswith("residual.6"):
                 m.weight.zero_()
+    if args.init:  # stage 2 of the recipe: the same loss, a new cosine from the stage-1 weights
+        from safetensors.torch import load_file
+
+        vae.load_state_dict({k: v.float() for k, v in load_file(args.init).items()})
     vae.train()
     mean, std = latent_stats()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = 50
+    warmup = args.warmup
 
     def lr_at(step):
         if step < warmup:
@@ -121,7 +130,8 @@ def main(argv: list[str]) -> int:
     took = time.monotonic() - started
     ev = evaluate(vae)
     digest = save_fp16(vae, Path(args.out), {
-        "recipe": "tiny.train_vae", "steps": args.steps, "stop_at": args.stop_at or args.steps, "lr": args.lr, "seed": args.seed, "train_s": round(took)})  # fmt: skip
+        "recipe": "tiny.train_vae", "steps": args.steps, "stop_at": args.stop_at or args.steps, "lr": args.lr, "seed": args.seed, "train_s": round(took),
+        "init": Path(args.init).name if args.init else "random"})  # fmt: skip
     print(f"trained in {took:.0f} s; held-out psnr " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
     print(f"sha256 {digest}  {args.out}")
     return 0
