@@ -40,8 +40,14 @@ class StitchConfig:
     # SHIFTED only: latent cells (frames) over which neighbouring grid cells cross-fade around each border;
     # each cell reaches about half of it into its neighbour. A cross-fade instead of a cut spreads a seam's
     # step over the fade; the cost is the fades' share of the frame (measured in README, Figures).
+    # In time the cost is `grid_fade_t` frames per window border (2: about 10% at 241 frames). So short a
+    # fade flickers with two alternating window sets; rotating the windows through up to `window_phases`
+    # border sets (plan.window_phases: 6 fit at 241 frames) makes each border recur only once every 6
+    # evaluations, and the flicker falls below that of the paper's overlapping windows (measured in
+    # tests/unit/test_shifted.py and README, Figures).
     grid_fade: int = 3
-    grid_fade_t: int = 4
+    grid_fade_t: int = 2
+    window_phases: int = 6
 
     @property
     def uses_aux(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .blend import StitchConfig, StitchMode, patch_list
-from .plan import Kind, PatchPlan, shifted_grid
+from .plan import Kind, PatchPlan, shifted_grids
 
 DIT_PATCH = (1, 2, 2)  # Wan's DiT makes one token of 1 x 2 x 2 latent cells (t, h, w)
 FLOAT32 = 4
@@ -33,8 +33,10 @@ def evaluations_per_step(plan: PatchPlan, stitch: StitchConfig, steps: int) -> l
     full = len(patch_list(plan, stitch))
     if stitch.mode != StitchMode.SHIFTED:
         return [full] * steps
-    grids = [len(g.base_boxes()) * len(g.windows) for g in (shifted_grid(plan, p, stitch.grid_fade_t) for p in (0, 1))]
-    return [full if i >= steps - stitch.weighted_tail else grids[i % 2] for i in range(steps)]
+    grids = [
+        len(g.base_boxes()) * len(g.windows) for g in shifted_grids(plan, stitch.grid_fade_t, stitch.window_phases)
+    ]
+    return [full if i >= steps - stitch.weighted_tail else grids[i % len(grids)] for i in range(steps)]
 
 
 def total_evaluations(plan: PatchPlan, stitch: StitchConfig, steps: int, cfg: float) -> int:

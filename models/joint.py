@@ -15,7 +15,7 @@ from einops import rearrange
 
 from .blend import Accumulator, StitchConfig, StitchMode, patch_list, weight_volume
 from .memory import BatchSizer
-from .plan import Box, PatchPlan, Window, shifted_grid
+from .plan import Box, PatchPlan, Window, shifted_grids
 
 Patch = tuple[Window, Box]
 # fn(x: [(B k), C, t, h, w], patches: the k patches) -> [(B k), C, t, h, w]. Rows are batch-major: the k
@@ -189,12 +189,12 @@ class FusionSchedule:
     """Which patches run and how they are fused at each sampling step.
 
     For WEIGHTED, AVERAGE and NAIVE every step runs the plan under that scheme. For SHIFTED, step i runs
-    `grids[i % 2]` (one base-size grid, no overlap, borders moved between consecutive steps) and the last
+    `grids[i % len(grids)]` (one base-size grid, no overlap, borders moved between consecutive steps) and the last
     `stitch.weighted_tail` steps run the plan under the paper's weighted scheme.
     """
 
     full: JointModulation  # the plan under the stitch's scheme (SHIFTED: weighted, with bridging patches)
-    grids: tuple[JointModulation, ...]  # SHIFTED's alternating grids; empty for the other modes
+    grids: tuple[JointModulation, ...]  # SHIFTED's grids, used in turn; empty for the other modes
 
     @classmethod
     def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int | None) -> FusionSchedule:
@@ -202,10 +202,8 @@ class FusionSchedule:
         if stitch.mode != StitchMode.SHIFTED:
             return cls(full, ())
         grids = tuple(
-            overlapped_grid(
-                shifted_grid(plan, phase, stitch.grid_fade_t), stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t
-            )
-            for phase in (0, 1)
+            overlapped_grid(grid, stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t)
+            for grid in shifted_grids(plan, stitch.grid_fade_t, stitch.window_phases)
         )
         return cls(full, grids)
 

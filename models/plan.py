@@ -179,38 +179,115 @@ def _partition_windows(total: int, length: int) -> list[int]:
     return _aligned_edges(total, math.ceil(total / length), 1)
 
 
-def shifted_grid(plan: PatchPlan, phase: int, fade_t: int = 0) -> PatchPlan:
-    """One grid of the shifted-grid fusion mode: base boxes only, no overlap in space or time.
+def _interleaved_windows(avoid: set[int], total: int, n: int, limit: int, gap: int) -> list[int] | None:
+    """Borders of `n` windows of `limit // 2` to `limit` frames tiling `total`, each interior border at least
+    `gap` frames from every border in `avoid` and as far from them as such windows allow; None if there is
+    no such set. A dynamic programme over (windows placed, frame reached): the best smallest distance."""
+    shortest = max(1, limit // 2)  # long windows: each sees as much of the motion as the model can
 
-    Phase 0 is the plan's own base grid, with temporal windows that tile the clip without overlap. Phase 1
-    moves every interior boundary (rows, columns, window borders) to the centre of its base cell, so no
-    border of phase 0 is a border of phase 1: alternating the two between model evaluations, no seam sits in
-    the same place twice in a row (SpotDiffusion's shifted windows; SimpleGVR's interleaved temporal units).
-    A phase-1 grid has half-size strips at the frame's edges and one more cell per axis; its token count is
-    the frame's, the same as the base grid's. An axis with a single cell (or a clip within one window) is
-    not shifted: moving it would only cut a patch in two. Windows are at most `fade_t` frames shorter
-    than the model's, so a window grown by a cross-fade of `fade_t` frames (joint.overlapped_grid) still
-    fits the frame count the model was trained on.
+    far = [min(abs(p - e) for e in avoid) for p in range(total)] + [total + 1]
+    best = [[-1] * (total + 1) for _ in range(n + 1)]
+    came = [[0] * (total + 1) for _ in range(n + 1)]
+    best[0][0] = total + 1
+    for k in range(1, n + 1):
+        prev, row = best[k - 1], best[k]
+        # Windows still to come must fit: at most `limit` frames each.
+        for p in range(max(k * shortest, total - (n - k) * limit), min(total, k * limit) + 1):
+            if far[p] < gap:
+                continue
+            qs = range(max(0, p - limit), p - shortest + 1)
+            top = max((prev[q] for q in qs), default=-1)
+            if top >= 0:
+                v = min(top, far[p])  # ties go to the longest window ending here
+                row[p], came[k][p] = v, next(q for q in qs if prev[q] >= v)
+    if best[n][total] < gap:
+        return None
+    out = [total]
+    for k in range(n, 0, -1):
+        out.append(came[k][out[-1]])
+    return out[::-1]
+
+
+def window_phases(total: int, length: int, fade_t: int, phases: int) -> list[list[int]]:
+    """Window borders of each temporal phase of the shifted stitch (SimpleGVR's interleaved units).
+
+    Phase 0 tiles the clip with the fewest windows short enough to grow by a cross-fade of `fade_t` frames
+    and still fit the model's `length`. Each later phase has as many windows, its borders at least past the
+    cross-fades of every earlier phase's (so the extra cost of temporal overlap is the fades alone), up to
+    `phases` phases: a border then recurs only once every `phases` evaluations. Where the fewest windows
+    leave no room for 3 phases, one window more is tried; where neither leaves room for a second phase,
+    every border moves to the middle of its window. A clip within one window stays whole.
     """
-    assert phase in (0, 1), f"shifted grids have phases 0 and 1, got {phase}"
+    if total <= length:
+        return [[0, total]]
+    limit = max(1, length - fade_t)
+    fewest = math.ceil(total / limit)
+    best: list[list[int]] = []
+    # The fewest windows may fill the model so exactly that no border can move (200 latent frames in windows
+    # of 19): one window more costs one fade and frees room for the rotation; a long clip needs room at
+    # every border (windows `fade_t` shorter), a fade's worth of frames per window more.
+    for n in sorted({fewest, fewest + 1, math.ceil(total / max(1, limit - max(1, fade_t)))} & set(range(total + 1))):
+        first = _aligned_edges(total, n, 1)
+        out, avoid = [first], set(first[1:-1])
+        while len(out) < phases:
+            nxt = _interleaved_windows(avoid, total, n, limit, max(1, fade_t))
+            if nxt is None:
+                break
+            out.append(nxt)
+            avoid |= set(nxt[1:-1])
+        if len(out) > len(best):
+            best = out
+        if len(best) >= min(phases, 3):
+            break
+    if len(best) == 1 and min(b - a for a, b in zip(best[0], best[0][1:])) >= 2:
+        best.append([0] + _midpoints(best[0], 1) + [total])
+    return best
+
+
+def shifted_grids(plan: PatchPlan, fade_t: int = 0, phases: int = 2) -> tuple[PatchPlan, ...]:
+    """The grids of the shifted-grid fusion mode, one per model evaluation in turn: base boxes only, no
+    overlap in space or time.
+
+    In space, grids alternate between the plan's own base grid and one whose interior boundaries all sit
+    at the centres of the base cells, so no border of one is a border of the next (SpotDiffusion's shifted
+    windows). Such a grid has half-size strips at the frame's edges and one more cell per axis; its token
+    count is the frame's. An axis with a single cell is not shifted: moving it would only cut a patch in two.
+    In time, the windows rotate through window_phases' borders. There are as many grids as it takes both to
+    come round: 2, or the number of temporal phases rounded up to an even one.
+    """
     cfg = plan.config
     T, H, W = cfg.latent_shape
     align = cfg.align
 
     def shift(edges: list[int], a: int) -> list[int]:
-        if phase == 0 or len(edges) <= 2 or min(b - a for a, b in zip(edges, edges[1:])) < 2:
+        if len(edges) <= 2 or min(b - a for a, b in zip(edges, edges[1:])) < 2:
             return edges
         return [0] + _midpoints(edges, a) + [edges[-1]]
 
-    rows, cols = shift(list(plan.row_edges), align), shift(list(plan.col_edges), align)
-    # A clip within one window stays whole; a longer one gets windows short enough to grow by the fade.
-    limit = cfg.window_frames if T <= cfg.window_frames else max(1, cfg.window_frames - fade_t)
-    times = shift(_partition_windows(T, limit), 1)
-    boxes = tuple(Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:]))
-    windows = tuple(Window(a, b) for a, b in zip(times, times[1:]))
-    grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, windows, plan.geometry)
-    assert_covers(grid)
-    return grid
+    space = [
+        (list(plan.row_edges), list(plan.col_edges)),
+        (shift(list(plan.row_edges), align), shift(list(plan.col_edges), align)),
+    ]
+    times = window_phases(T, cfg.window_frames, fade_t, phases)
+    grids = []
+    for i in range(math.lcm(2, len(times))):
+        rows, cols = space[i % 2]
+        edges = times[i % len(times)]
+        boxes = tuple(
+            Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:])
+        )
+        windows = tuple(Window(a, b) for a, b in zip(edges, edges[1:]))
+        grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, windows, plan.geometry)
+        assert_covers(grid)
+        grids.append(grid)
+    return tuple(grids)
+
+
+def shifted_grid(plan: PatchPlan, phase: int, fade_t: int = 0, phases: int = 2) -> PatchPlan:
+    """Grid `phase` of shifted_grids (phase 0: the plan's own base grid; phase 1: the moved one)."""
+    grids = shifted_grids(plan, fade_t, phases)
+    assert 0 <= phase < len(grids), f"the shifted stitch has grids 0 to {len(grids) - 1}, got {phase}"
+    return grids[phase]
 
 
 def assert_covers(plan: PatchPlan) -> None:

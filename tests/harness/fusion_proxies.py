@@ -124,11 +124,12 @@ def evaluations(schedule: FusionSchedule, steps: int) -> float:
 SEEDS = range(4)  # tone draws averaged over: one draw of a dozen patches' tones is too noisy to rank modes
 
 
-def measure(plan: PatchPlan, stitch: StitchConfig, model: str, borders: set[int] | None = None) -> dict:
-    """Seam score, colour drift (and flicker at `borders`) of a stitch, each the mean over SEEDS."""
+def measure(plan: PatchPlan, stitch: StitchConfig, model: str, borders: set[int] | None = None, ts=TS) -> dict:
+    """Seam score, colour drift (and flicker at `borders`) of a stitch over the Euler run `ts`, each the
+    mean over SEEDS."""
     target = target_of(plan.latent_shape)
     noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(3))
-    outs = [sample(plan, stitch, target, noise, model, seed=s) for s in SEEDS]
+    outs = [sample(plan, stitch, target, noise, model, ts=ts, seed=s) for s in SEEDS]
     res = {
         "seam": sum(seam_score(plan, x) for x in outs) / len(outs),
         "drift": sum(colour_drift(plan, x, target) for x in outs) / len(outs),

@@ -8,7 +8,7 @@ from harness.fusion_proxies import measure, token_cost, window_borders
 
 from models.blend import StitchConfig, StitchMode
 from models.joint import FusionSchedule, step_index
-from models.plan import PlanConfig, make_plan, shifted_grid
+from models.plan import PlanConfig, make_plan, shifted_grid, window_phases
 
 NATIVE = (60, 104)  # Wan 2.1's 480x832 px in latent cells
 SIZES = {"1080p": (135, 240), "2K": (180, 320), "4K": (270, 480)}  # latent H x W of each output
@@ -73,20 +73,49 @@ def test_shifted_costs_the_base_grid_without_more_seams_or_drift(size):
         assert s["seam"] <= w["seam"] * 1.001 and s["drift"] <= w["drift"] * 1.001, (model, s, w)
 
 
-def test_interleaved_windows_leave_no_temporal_seam():
-    """241 frames (61 latent, windows of 21): the interleaved windows flicker at window borders within 2%
-    of the paper's overlapping windows (measured: 1.082 both on 'independent', 1.088 against 1.082 on
-    'following'; 1 is no seam at all), at a lower cost than that second set of windows (1.23x against
-    1.38x one pass over the clip)."""
+@pytest.mark.parametrize("steps", [5, 20])
+def test_interleaved_windows_leave_no_temporal_seam(steps):
+    """241 frames (61 latent, windows of 21): each interleaved grid costs at most 1.10x one pass over the
+    clip without overlap (measured 1.098: 2 frames per border; 1.104 over 50 steps with the weighted last
+    step, against 1.377 for the paper's overlapping windows), and the flicker at every window border of any
+    step is no higher than with the paper's windows (measured 0.98 of it at 5, 9 and 20 Euler steps on
+    'following', equal on 'independent'; with 2 alternating window sets instead of 6 it was 1.12-1.18)."""
     plan = make_plan(PlanConfig((61, 16, 24), (16, 24), 21))
     shifted, weighted = StitchConfig(StitchMode.SHIFTED), StitchConfig(StitchMode.WEIGHTED)
-    borders = window_borders(FusionSchedule.build(plan, shifted, 4))
+    schedule = FusionSchedule.build(plan, shifted, 4)
+    assert len(schedule.grids) == 6, [g.plan.windows for g in schedule.grids]
+    for jm in schedule.grids:
+        cells = sum(w.length for batch in jm.batches for w, _ in batch)
+        assert cells <= 1.10 * 61, (cells, jm.plan.windows)
+    borders = window_borders(schedule)
     costs = {k: token_cost(FusionSchedule.build(plan, c, 4), STEPS) for k, c in [("s", shifted), ("w", weighted)]}
-    assert costs["s"] < costs["w"], costs
+    assert costs["s"] < 1.11 and costs["s"] < costs["w"], costs
+    ts = [0.9 * (1 - i / steps) for i in range(steps)] + [0.0]
     for model in MODELS:
-        s, w = measure(plan, shifted, model, borders), measure(plan, weighted, model, borders)
+        s, w = measure(plan, shifted, model, borders, ts), measure(plan, weighted, model, borders, ts)
         print(model, "shifted", s, "weighted", w, "cost", costs)
-        assert s["flicker"] <= w["flicker"] * 1.02, (model, s, w)
+        assert s["flicker"] <= w["flicker"] * 1.001, (model, s, w)
+
+
+def test_window_phases_never_share_a_border_or_outgrow_the_model():
+    """Every temporal phase tiles the clip with as many windows as the first, no two phases' borders
+    within the cross-fade of each other, each window grown by its fade within the model's frame count; a
+    clip with no room for that falls back to the windows' midpoints."""
+    cases = {(61, 21, 2): 6, (40, 21, 2): 6, (25, 21, 2): 4, (41, 21, 3): 3, (200, 21, 2): 3, (1000, 21, 2): 3}
+    for (total, length, fade), count in {**cases, (8, 3, 1): 2}.items():
+        phases = window_phases(total, length, fade, 6)
+        assert len(phases) == count, (total, phases)
+        seen: list[int] = []
+        for edges in phases:
+            assert edges[0] == 0 and edges[-1] == total and all(b > a for a, b in zip(edges, edges[1:])), edges
+            assert all(b - a + fade <= length for a, b in zip(edges, edges[1:])), (edges, length, fade)
+            inner = edges[1:-1]
+            if (total, length, fade) in cases:  # phases from the dynamic programme: as many windows, far apart
+                assert len(edges) == len(phases[0]), phases
+                assert all(abs(e - s) >= fade for e in inner for s in seen), phases
+            else:  # no room to move a border: the midpoints, one window more
+                assert len(phases[1]) == len(phases[0]) + 1 and not set(inner) & set(seen), phases
+            seen += inner
 
 
 def test_a_clip_within_one_window_stays_whole():
