@@ -19,11 +19,11 @@ VAE_NAME = "patchvsr-tiny-wan21-vae-photo"
 DIT_NAME = "patchvsr-tiny-wan21-t2v-photo"
 # folder under the models dir, file name, sha256 of the committed file (tests/tiny prints it after training)
 FILES = {
-    "vae": ("vae", f"{VAE_NAME}.safetensors", "fc9b15b34a8477b5afbcd3411780b3d8c4921099c0f7953b193f729291da66ee"),
+    "vae": ("vae", f"{VAE_NAME}.safetensors", "bce79abcba2aef76f1338d5a8b7f7dc6be3dd58dd066fa4076b5a70c4924c708"),
     "dit": (
         "diffusion_models",
         f"{DIT_NAME}.safetensors",
-        "8b736ab6105962f082e5d25c80491956bcf1ed7d792b1e18ca8c7300b6160acf",
+        "06131e7dfc43105dc82c44ba6e316faa7b516bc72b0d378f39e72b5d78a10dd5",
     ),
 }
 # The DiT's shape, as tests/tiny/train_dit.py builds it (ComfyUI detects it from the file; the proof's
