@@ -15,13 +15,17 @@ from models.plan import PatchPlan
 from .pixel_eval import STRIDE
 
 # (key in the frames dict, title); "lr" is shown enlarged with nearest neighbour, so its pixels show.
+# Two rows of four: the references on top (the tiny VAE's own ceiling among them: no latent method can
+# look better than the HR clip through it), the sampler's start and the three stitches below.
 PANELS = (
     ("lr", "LR input (nearest)"),
-    ("bicubic", "bicubic"),
+    ("bicubic", "bicubic (pixels)"),
+    ("vae_hr", "HR through the tiny VAE (ceiling)"),
+    ("hr", "HR reference"),
+    ("vae_bicubic", "sampler's start (t0 = 0)"),
     ("naive", "naive tiles"),
     ("weighted", "weighted joint modulation (paper)"),
     ("shifted", "shifted grid (pack default)"),
-    ("hr", "HR reference"),
 )
 ZOOM = 4  # enlargement of the seam crop
 CROP = 48  # pixels around the seam crossing
@@ -52,14 +56,14 @@ def crossing(plan: PatchPlan) -> tuple[int, int]:
 def side_by_side(
     frames: dict[str, np.ndarray], scores: dict[str, dict[str, float]], plan: PatchPlan, path: Path, index: int = 2
 ) -> Path:
-    """Writes the picture: the panels in two rows of three, then a row of seam zooms."""
+    """Writes the picture: the panels in two rows of four, then a row of seam zooms."""
     from PIL import Image, ImageDraw
 
     hr = frames["hr"][index]
     H, W, _ = hr.shape
     label_h, pad = 40, 6
     panels = [(k, t) for k, t in PANELS if k in frames]
-    cols = 3
+    cols = 4
     rows = (len(panels) + cols - 1) // cols
     zoom_px = CROP * ZOOM
     zoom_cols = len(panels)
