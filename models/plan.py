@@ -174,11 +174,6 @@ def make_plan(config: PlanConfig, with_aux: bool = True, geometry: Geometry | No
     return plan
 
 
-def _partition_windows(total: int, length: int) -> list[int]:
-    """Borders of the fewest windows of at most `length` frames that tile `total` frames without overlap."""
-    return _aligned_edges(total, math.ceil(total / length), 1)
-
-
 def _interleaved_windows(avoid: set[int], total: int, n: int, limit: int, gap: int) -> list[int] | None:
     """Borders of `n` windows of `limit // 2` to `limit` frames tiling `total`, each interior border at least
     `gap` frames from every border in `avoid` and as far from them as such windows allow; None if there is
