@@ -48,6 +48,17 @@ class StitchConfig:
     grid_fade: int = 3
     grid_fade_t: int = 2
     window_phases: int = 6
+    # SHIFTED only: the smallest cell of the moved grid, as a fraction of the model's native patch per axis.
+    # Moving every border away from the base grid's leaves thin strips at the frame's edges when the cells
+    # are all alike (half a cell, a patch shape the model was never trained on); letting cells vary between
+    # this fraction and the native size keeps them near it, at the price of borders that move less far.
+    # Measured on the seam proxies (README, Figures).
+    grid_min_cell: float = 0.625
+
+    def grid_args(self) -> tuple:
+        """(fade_t, phases, min_cell, gap) for plan.shifted_grids: the moved borders stay clear of the
+        base grid's cross-fades."""
+        return (self.grid_fade_t, self.window_phases, self.grid_min_cell, max(1, self.grid_fade))
 
     @property
     def uses_aux(self) -> bool:

@@ -33,9 +33,7 @@ def evaluations_per_step(plan: PatchPlan, stitch: StitchConfig, steps: int) -> l
     full = len(patch_list(plan, stitch))
     if stitch.mode != StitchMode.SHIFTED:
         return [full] * steps
-    grids = [
-        len(g.base_boxes()) * len(g.windows) for g in shifted_grids(plan, stitch.grid_fade_t, stitch.window_phases)
-    ]
+    grids = [len(g.base_boxes()) * len(g.windows) for g in shifted_grids(plan, *stitch.grid_args())]
     return [full if i >= steps - stitch.weighted_tail else grids[i % len(grids)] for i in range(steps)]
 
 

@@ -203,7 +203,7 @@ class FusionSchedule:
             return cls(full, ())
         grids = tuple(
             overlapped_grid(grid, stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t)
-            for grid in shifted_grids(plan, stitch.grid_fade_t, stitch.window_phases)
+            for grid in shifted_grids(plan, *stitch.grid_args())
         )
         return cls(full, grids)
 

@@ -174,21 +174,25 @@ def make_plan(config: PlanConfig, with_aux: bool = True, geometry: Geometry | No
     return plan
 
 
-def _interleaved_windows(avoid: set[int], total: int, n: int, limit: int, gap: int) -> list[int] | None:
-    """Borders of `n` windows of `limit // 2` to `limit` frames tiling `total`, each interior border at least
-    `gap` frames from every border in `avoid` and as far from them as such windows allow; None if there is
-    no such set. A dynamic programme over (windows placed, frame reached): the best smallest distance."""
-    shortest = max(1, limit // 2)  # long windows: each sees as much of the motion as the model can
+def _interleaved_windows(
+    avoid: set[int], total: int, n: int, limit: int, gap: int, shortest: int | None = None, align: int = 1
+) -> list[int] | None:
+    """Borders of `n` windows of `shortest` (default `limit // 2`) to `limit` cells tiling `total`, each
+    interior border on a multiple of `align`, at least `gap` cells from every border in `avoid` and as far
+    from them as such windows allow; None if there is no such set. A dynamic programme over (windows placed,
+    cell reached): the best smallest distance. Used for temporal windows (frames) and grid cells (rows or
+    columns) alike."""
+    shortest = max(1, limit // 2 if shortest is None else shortest)  # long windows: each sees as much as it can
 
-    far = [min(abs(p - e) for e in avoid) for p in range(total)] + [total + 1]
+    far = [min((abs(p - e) for e in avoid), default=total + 1) for p in range(total)] + [total + 1]
     best = [[-1] * (total + 1) for _ in range(n + 1)]
     came = [[0] * (total + 1) for _ in range(n + 1)]
     best[0][0] = total + 1
     for k in range(1, n + 1):
         prev, row = best[k - 1], best[k]
-        # Windows still to come must fit: at most `limit` frames each.
+        # Windows still to come must fit: at most `limit` cells each.
         for p in range(max(k * shortest, total - (n - k) * limit), min(total, k * limit) + 1):
-            if far[p] < gap:
+            if far[p] < gap or (p % align and p != total):
                 continue
             qs = range(max(0, p - limit), p - shortest + 1)
             top = max((prev[q] for q in qs), default=-1)
@@ -239,29 +243,52 @@ def window_phases(total: int, length: int, fade_t: int, phases: int) -> list[lis
     return best
 
 
-def shifted_grids(plan: PatchPlan, fade_t: int = 0, phases: int = 2) -> tuple[PatchPlan, ...]:
+def _moved_edges(edges: list[int], native: int, min_cell: float, gap: int, align: int) -> list[int]:
+    """Borders of the moved grid along one axis: as many cells as the base grid's `edges` or one more, each
+    between `min_cell` of the native size and the native size, every interior border as far from the base
+    grid's as such cells allow (at least `gap`). Where no such cells exist, the smallest cell is let down in
+    eighths of the native size to half of it; below that, every border goes to the centre of its cell (with
+    half-size strips at the frame's edges). An axis with one cell is not moved: that would cut it in two."""
+    if len(edges) <= 2:
+        return edges
+    total, n, avoid = edges[-1], len(edges) - 1, set(edges[1:-1])
+    for eighths in range(math.ceil(8 * min_cell - 1e-9), 3, -1):
+        shortest = min(native, max(align, math.ceil(eighths * native / 8 / align) * align))
+        found = []
+        for m in (n, n + 1):  # one cell more frees room to move every border (a frame tiled at native size)
+            got = _interleaved_windows(avoid, total, m, native, gap, shortest, align)
+            if got is not None:
+                found.append((min(abs(a - b) for a in got[1:-1] for b in avoid), -m, got))
+        if found:
+            return max(found)[2]  # the farthest borders; on a tie the fewer, larger cells
+    if min(b - a for a, b in zip(edges, edges[1:])) < 2:
+        return edges
+    return [0] + _midpoints(edges, align) + [total]
+
+
+def shifted_grids(
+    plan: PatchPlan, fade_t: int = 0, phases: int = 2, min_cell: float = 0.625, gap: int = 1
+) -> tuple[PatchPlan, ...]:
     """The grids of the shifted-grid fusion mode, one per model evaluation in turn: base boxes only, no
     overlap in space or time.
 
-    In space, grids alternate between the plan's own base grid and one whose interior boundaries all sit
-    at the centres of the base cells, so no border of one is a border of the next (SpotDiffusion's shifted
-    windows). Such a grid has half-size strips at the frame's edges and one more cell per axis; its token
-    count is the frame's. An axis with a single cell is not shifted: moving it would only cut a patch in two.
-    In time, the windows rotate through window_phases' borders. There are as many grids as it takes both to
-    come round: 2, or the number of temporal phases rounded up to an even one.
+    In space, grids alternate between the plan's own base grid and a moved one (_moved_edges) whose interior
+    borders all sit away from the base grid's, so no border of one is a border of the next (SpotDiffusion's
+    shifted windows), and whose cells keep at least `min_cell` of the model's native size per axis, so no
+    patch is a thin strip the model never saw. Its token count is the frame's. In time, the windows rotate
+    through window_phases' borders. There are as many grids as it takes both to come round: 2, or the number
+    of temporal phases rounded up to an even one.
     """
     cfg = plan.config
     T, H, W = cfg.latent_shape
     align = cfg.align
-
-    def shift(edges: list[int], a: int) -> list[int]:
-        if len(edges) <= 2 or min(b - a for a, b in zip(edges, edges[1:])) < 2:
-            return edges
-        return [0] + _midpoints(edges, a) + [edges[-1]]
-
+    ph, pw = cfg.patch_hw
     space = [
         (list(plan.row_edges), list(plan.col_edges)),
-        (shift(list(plan.row_edges), align), shift(list(plan.col_edges), align)),
+        (
+            _moved_edges(list(plan.row_edges), ph, min_cell, gap, align),
+            _moved_edges(list(plan.col_edges), pw, min_cell, gap, align),
+        ),
     ]
     times = window_phases(T, cfg.window_frames, fade_t, phases)
     grids = []
@@ -278,9 +305,11 @@ def shifted_grids(plan: PatchPlan, fade_t: int = 0, phases: int = 2) -> tuple[Pa
     return tuple(grids)
 
 
-def shifted_grid(plan: PatchPlan, phase: int, fade_t: int = 0, phases: int = 2) -> PatchPlan:
+def shifted_grid(
+    plan: PatchPlan, phase: int, fade_t: int = 0, phases: int = 2, min_cell: float = 0.625, gap: int = 1
+) -> PatchPlan:
     """Grid `phase` of shifted_grids (phase 0: the plan's own base grid; phase 1: the moved one)."""
-    grids = shifted_grids(plan, fade_t, phases)
+    grids = shifted_grids(plan, fade_t, phases, min_cell, gap)
     assert 0 <= phase < len(grids), f"the shifted stitch has grids 0 to {len(grids) - 1}, got {phase}"
     return grids[phase]
 

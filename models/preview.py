@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .blend import StitchConfig
 from .plan import Kind, PatchPlan, shifted_grid
 
 # RGB per kind: base boxes solid, auxiliary boxes dashed (PatchVSR Fig. 2 uses blue and red).
@@ -72,7 +73,7 @@ def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
 def plan_picture(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
     """frame: [H, W, 3] -> the partitioner's preview: the shifted stitch's moved grid (its other grid is the
     base grid) under the plan's own boxes."""
-    return draw_plan(draw_shifted(frame, shifted_grid(plan, 1)), plan)
+    return draw_plan(draw_shifted(frame, shifted_grid(plan, 1, *StitchConfig().grid_args())), plan)
 
 
 def weight_picture(shares: torch.Tensor) -> torch.Tensor:

@@ -300,6 +300,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--projection", action="store_true", help="print only the projection (no CPU runs)")
     parser.add_argument("--adapter-only", action="store_true", help="only the adapter section")
+    parser.add_argument("--fusion-only", action="store_true", help="only the fusion modes and the projection")
     args = parser.parse_args(argv)
     if args.one == "adapter":
         print(json.dumps(adapter_cost(args.frames)))
@@ -312,7 +313,8 @@ def main(argv: list[str]) -> None:
         return
     if not args.adapter_only:
         fusion_tables(args)
-    adapter_tables(args)
+    if not args.fusion_only:
+        adapter_tables(args)
 
 
 def adapter_tables(args) -> None:

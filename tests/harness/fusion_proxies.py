@@ -19,7 +19,7 @@ from einops import rearrange
 from models.blend import StitchConfig
 from models.flow import euler_sample, velocity_from_x0
 from models.joint import FusionSchedule, crop, step_index
-from models.plan import Kind, PatchPlan
+from models.plan import Kind, PatchPlan, shifted_grids
 
 TS = [0.9, 0.7, 0.45, 0.2, 0.05, 0.0]  # flow times of a short Euler run
 TONE = 0.5  # size of a patch's invented tone, against a target of amplitude 1
@@ -68,15 +68,25 @@ def t_noise(noise: torch.Tensor, t: float) -> torch.Tensor:
     return t * noise
 
 
-def seam_score(plan: PatchPlan, x: torch.Tensor) -> float:
-    """Gradient energy on every border of the plan's boxes (base and bridging: the base grid's borders and
-    their midpoints, which are also every border of the shifted grids) over the energy elsewhere."""
+def seam_lines(plan: PatchPlan, stitch: StitchConfig | None = None) -> tuple[list[int], list[int]]:
+    """Rows and columns (latent borders) where any mode can leave a seam: every border of the plan's boxes
+    (base and bridging) and of the shifted stitch's grids. Every mode is scored on the same lines."""
     _, H, W = plan.latent_shape
+    grids = shifted_grids(plan, *(stitch or StitchConfig()).grid_args())
+    ys = {e for b in plan.boxes for e in (b.y0, b.y1)} | {e for g in grids for e in g.row_edges}
+    xs = {e for b in plan.boxes for e in (b.x0, b.x1)} | {e for g in grids for e in g.col_edges}
+    return sorted(e for e in ys if 0 < e < H), sorted(e for e in xs if 0 < e < W)
+
+
+def seam_score(plan: PatchPlan, x: torch.Tensor, lines: tuple[list[int], list[int]] | None = None) -> float:
+    """Gradient energy on the seam lines (default seam_lines(plan)) over the energy elsewhere."""
+    _, H, W = plan.latent_shape
+    ys, xs = lines or seam_lines(plan)
     gx = (x[..., 1:] - x[..., :-1]).pow(2).mean(dim=(0, 1, 2))  # H W-1
     gy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(0, 1, 2))  # H-1 W
     bx, by = torch.zeros(W - 1, dtype=torch.bool), torch.zeros(H - 1, dtype=torch.bool)
-    bx[[e - 1 for b in plan.boxes for e in (b.x0, b.x1) if 0 < e < W]] = True
-    by[[e - 1 for b in plan.boxes for e in (b.y0, b.y1) if 0 < e < H]] = True
+    bx[[e - 1 for e in xs]] = True
+    by[[e - 1 for e in ys]] = True
     border = torch.cat([gx[:, bx].flatten(), gy[by, :].flatten()]).mean()
     inner = torch.cat([gx[:, ~bx].flatten(), gy[~by, :].flatten()]).mean()
     return (border / inner).item()
@@ -124,14 +134,16 @@ def evaluations(schedule: FusionSchedule, steps: int) -> float:
 SEEDS = range(4)  # tone draws averaged over: one draw of a dozen patches' tones is too noisy to rank modes
 
 
-def measure(plan: PatchPlan, stitch: StitchConfig, model: str, borders: set[int] | None = None, ts=TS) -> dict:
-    """Seam score, colour drift (and flicker at `borders`) of a stitch over the Euler run `ts`, each the
-    mean over SEEDS."""
+def measure(
+    plan: PatchPlan, stitch: StitchConfig, model: str, borders: set[int] | None = None, ts=TS, lines=None
+) -> dict:
+    """Seam score (on `lines`, default seam_lines(plan)), colour drift (and flicker at `borders`) of a
+    stitch over the Euler run `ts`, each the mean over SEEDS."""
     target = target_of(plan.latent_shape)
     noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(3))
     outs = [sample(plan, stitch, target, noise, model, ts=ts, seed=s) for s in SEEDS]
     res = {
-        "seam": sum(seam_score(plan, x) for x in outs) / len(outs),
+        "seam": sum(seam_score(plan, x, lines) for x in outs) / len(outs),
         "drift": sum(colour_drift(plan, x, target) for x in outs) / len(outs),
     }
     if borders is not None:

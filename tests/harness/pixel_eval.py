@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models.plan import PatchPlan, PlanConfig, latent_frames, make_plan
 
+from .fusion_proxies import seam_lines
 from .paths import REPO
 from .runs import tiny_prompt
 from .trained import DIT_NAME, VAE_NAME
@@ -150,14 +151,15 @@ def _grads(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def seam_score(plan: PatchPlan, x: np.ndarray) -> float:
-    """Pixel version of fusion_proxies.seam_score: squared gradient across every patch border (base and
-    bridging, i.e. the base borders and their midpoints, which are also the shifted grids' borders) over the
-    squared gradient elsewhere. 1 means the borders look like the rest of the frame."""
+    """Pixel version of fusion_proxies.seam_score: squared gradient across every line where any mode can
+    leave a seam (fusion_proxies.seam_lines: the plan's base and bridging borders and the shifted grids')
+    over the squared gradient elsewhere. 1 means the borders look like the rest of the frame."""
     gx, gy = _grads(x)
     W, H = gx.shape[2] + 1, gy.shape[1] + 1
+    ys, xs = seam_lines(plan)
     bx, by = np.zeros(W - 1, dtype=bool), np.zeros(H - 1, dtype=bool)
-    bx[[e * STRIDE - 1 for b in plan.boxes for e in (b.x0, b.x1) if 0 < e * STRIDE < W]] = True
-    by[[e * STRIDE - 1 for b in plan.boxes for e in (b.y0, b.y1) if 0 < e * STRIDE < H]] = True
+    bx[[e * STRIDE - 1 for e in xs if 0 < e * STRIDE < W]] = True
+    by[[e * STRIDE - 1 for e in ys if 0 < e * STRIDE < H]] = True
     border = np.concatenate([(gx[:, :, bx] ** 2).ravel(), (gy[:, by, :] ** 2).ravel()]).mean()
     inner = np.concatenate([(gx[:, :, ~bx] ** 2).ravel(), (gy[:, ~by, :] ** 2).ravel()]).mean()
     return float(border / inner)

@@ -39,6 +39,31 @@ def test_shifted_grids_tile_the_latent_and_share_no_border(shape, patch, window)
         assert all(b.height <= patch[0] and b.width <= patch[1] for b in g.boxes)
 
 
+@pytest.mark.parametrize("size", list(SIZES))
+def test_moved_grid_keeps_its_cells_near_the_native_size(size):
+    """The moved grid has no thin strip at the frame's edges: every cell keeps at least 5/8 of the native
+    size per axis (38 of 60 rows, 66 of 104 columns; the old midpoint grid had 22-row strips at 1080p) and
+    at most the native size, and every moved border stays clear of the base grid's cross-fades."""
+    plan = make_plan(PlanConfig((1, *SIZES[size]), NATIVE, 21))
+    stitch = StitchConfig(StitchMode.SHIFTED)
+    g0, g1 = shifted_grid(plan, 0, *stitch.grid_args()), shifted_grid(plan, 1, *stitch.grid_args())
+    for e0, e1, native in [(g0.row_edges, g1.row_edges, NATIVE[0]), (g0.col_edges, g1.col_edges, NATIVE[1])]:
+        cells = [b - a for a, b in zip(e1, e1[1:])]
+        assert min(cells) >= 0.625 * native and max(cells) <= native, (size, cells)
+        assert all(abs(a - b) >= stitch.grid_fade for a in interior(e1) for b in interior(e0)), (e0, e1)
+
+
+def test_moved_grid_falls_back_to_smaller_cells_then_midpoints():
+    """Where cells of 5/8 of the native size cannot move every border, the smallest cell is let down in
+    eighths to half the native size, then the borders go to the cells' centres."""
+    from models.plan import _moved_edges
+
+    assert _moved_edges([0, 10, 20], 10, 0.625, 3, 2) == [0, 6, 14, 20]  # one cell more, each >= 5/8 of 10
+    assert _moved_edges([0, 12, 24], 16, 0.625, 3, 2) == [0, 8, 24]  # 10-cell minimum leaves no room: 8
+    assert _moved_edges([0, 6, 12], 6, 0.625, 3, 2) == [0, 2, 8, 12]  # nothing clears the fades: centres
+    assert _moved_edges([0, 30], 32, 0.625, 3, 2) == [0, 30]  # one cell: not moved
+
+
 def test_grown_windows_keep_the_models_frame_count():
     """Cross-faded windows reach into their neighbours and still hold at most the model's frame count."""
     plan = make_plan(PlanConfig((61, 16, 24), (16, 24), 21))
