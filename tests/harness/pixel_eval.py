@@ -150,13 +150,18 @@ def _grads(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return g[:, :, 1:] - g[:, :, :-1], g[:, 1:, :] - g[:, :-1, :]  # [N, H, W-1], [N, H-1, W]
 
 
-def seam_score(plan: PatchPlan, x: np.ndarray) -> float:
-    """Pixel version of fusion_proxies.seam_score: squared gradient across every line where any mode can
-    leave a seam (fusion_proxies.seam_lines: the plan's base and bridging borders and the shifted grids')
-    over the squared gradient elsewhere. 1 means the borders look like the rest of the frame."""
+def base_lines(plan: PatchPlan) -> tuple[list[int], list[int]]:
+    """The base grid's interior borders (rows, columns): where naive tiles meet, so where their seams are."""
+    return list(plan.row_edges[1:-1]), list(plan.col_edges[1:-1])
+
+
+def seam_score(plan: PatchPlan, x: np.ndarray, lines: tuple[list[int], list[int]] | None = None) -> float:
+    """Pixel version of fusion_proxies.seam_score: squared gradient across `lines` (default every line where
+    any mode can leave a seam, fusion_proxies.seam_lines: the plan's base and bridging borders and the
+    shifted grids') over the squared gradient elsewhere. 1 means the borders look like the rest of the frame."""
     gx, gy = _grads(x)
     W, H = gx.shape[2] + 1, gy.shape[1] + 1
-    ys, xs = seam_lines(plan)
+    ys, xs = lines or seam_lines(plan)
     bx, by = np.zeros(W - 1, dtype=bool), np.zeros(H - 1, dtype=bool)
     bx[[e * STRIDE - 1 for e in xs if 0 < e * STRIDE < W]] = True
     by[[e * STRIDE - 1 for e in ys if 0 < e * STRIDE < H]] = True
@@ -201,6 +206,7 @@ def measures(plan: PatchPlan, frames: dict[str, np.ndarray]) -> dict[str, dict[s
             "grad_psnr": gradient_psnr(v, hr),
             "sharpness": sharpness(v, hr),
             "seam": seam_score(plan, v),
+            "seam_base": seam_score(plan, v, base_lines(plan)),
             "drift": colour_drift(plan, v, hr),
         }
         for k, v in frames.items()
@@ -210,11 +216,11 @@ def measures(plan: PatchPlan, frames: dict[str, np.ndarray]) -> dict[str, dict[s
 
 def table(m: dict[str, dict[str, float]]) -> str:
     lines = [
-        "| result | PSNR (dB) | gradient PSNR (dB) | sharpness | seam score | colour drift |",
-        "|---|---|---|---|---|---|",
+        "| result | PSNR (dB) | gradient PSNR (dB) | sharpness | seam score | seam, base borders | colour drift |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k, v in m.items():
         lines.append(
-            f"| {k} | {v['psnr']:.2f} | {v['grad_psnr']:.2f} | {v['sharpness']:.3f} | {v['seam']:.3f} | {v['drift']:.4f} |"
+            f"| {k} | {v['psnr']:.2f} | {v['grad_psnr']:.2f} | {v['sharpness']:.3f} | {v['seam']:.3f} | {v['seam_base']:.3f} | {v['drift']:.4f} |"
         )
     return "\n".join(lines)

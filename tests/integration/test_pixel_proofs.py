@@ -4,8 +4,12 @@ and once without the global context, all in one prompt. The decoded frames are m
 clip (harness/pixel_eval.py). The latent-space proofs (test_joint, test_adapter_proof) stay as they are.
 
 What holds on these models is tested: the scene comes through every stitch whole (what the demo's picture
-claims). The three proofs of quality are skipped, with the reason below.
+claims, at the sampler's default t0 0.3), and, where the DiT generates most of the result (t0 0.9, near the
+paper's start from noise, so neighbouring patches disagree), the fusion's and the global context's effects
+in pixels. The proof that training-free sampling sharpens is skipped, with the reason below.
 """
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,12 +21,12 @@ pytestmark = pytest.mark.integration
 
 # The committed tiny models see (a recognisable scene through the whole pipeline), but their VAE is the
 # ceiling (held-out 24.7 / 21.4 dB, goal 28; tests/tiny/README.md, Status): the HR clip through it scores
-# no better than the sampler's bicubic start, so the differences these proofs look for drown in it. Measured
-# with the committed models (pinned host, 37 s; chelsea 192x288 HR, 5 frames, 96-px patches, 4 steps, t0 0.3):
-# PSNR naive 23.92, average 23.96, weighted 23.98, without context 24.03, the sampler's start 24.54, HR through
-# the VAE 24.58, bicubic 33.88 dB; seam naive 1.624, average 1.610, weighted 1.637 (HR 1.227: not ordered);
-# drift weighted 0.0092 against 0.0093 without context (within noise); sharpness 0.408 against the start's
-# 0.410. Unskip when a better VAE makes HR through it beat its bicubic start clearly.
+# no better than the sampler's bicubic start. Measured with the committed models (pinned host, 37 s; chelsea
+# 192x288 HR, 5 frames, 96-px patches, 4 steps, t0 0.3): PSNR naive 23.92, average 23.96, weighted 23.98,
+# without context 24.03, the sampler's start 24.54, HR through the VAE 24.58, bicubic 33.88 dB; sharpness
+# 0.408 against the start's 0.410. At t0 0.3 the DiT changes the start so little that seams and drift are
+# alike in every mode (seam 1.33-1.35, drift 0.0091-0.0099), so those proofs run at t0 0.9 (GENERATED).
+# Unskip the sharpening proof when a better VAE makes HR through it beat its bicubic start clearly.
 VAE_CEILING = pytest.mark.skip(
     reason="the tiny VAE is the ceiling: HR through it scores as the bicubic start (tests/tiny/README.md, Status)"
 )
@@ -36,6 +40,21 @@ RUNS = {
     "weighted": {"mode": "weighted"},
     "weighted_noctx": {"mode": "weighted", "context": False},
 }
+
+
+# Where the DiT generates most of the result: t0 0.9, 8 steps. Seams are scored on the base grid's borders
+# (pixel_eval.base_lines: where naive tiles meet), every mode on the same lines.
+GENERATED = replace(CFG, t0=0.9, steps=8)
+GENERATED_RUNS = {**RUNS, "shifted": {"mode": "shifted"}}
+
+
+@pytest.fixture(scope="module")
+def generated(server, tiny_models):
+    install(tiny_models)
+    frames, _ = pixel_eval.run_compare(server, GENERATED, GENERATED_RUNS)
+    scores = pixel_eval.measures(pixel_eval.plan_of(GENERATED), frames)
+    print("\n" + pixel_eval.table(scores))
+    return scores
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +88,26 @@ def test_the_scene_comes_through_every_stitch_whole(server, compared):
     assert w >= 4 * CFG.hr_hw[1] and h >= 2 * CFG.hr_hw[0], (w, h)
 
 
-@VAE_CEILING
-def test_seams_in_pixels_naive_above_average_above_weighted(measured):
-    s = {k: measured[k]["seam"] for k in ("naive", "average", "weighted", "hr")}
-    assert s["naive"] > s["average"] >= s["weighted"], s
+def test_seams_in_pixels_naive_above_the_fused_modes(generated):
+    """At the base grid's borders naive tiles leave more seam than every fused mode, and the shifted grid
+    no more than the weighted scheme. Average and weighted are alike in pixels here: their difference is
+    the four-patch "black hole", not a seam line. Measured on 5 held-out runs (chelsea seeds 0-2, coffee
+    seeds 0-1, t0 0.9, pinned host): naive 1.806 / 1.269 / 1.804 / 2.034 / 1.621, average 1.651 / 1.210 /
+    1.763 / 1.865 / 1.567, weighted 1.646 / 1.195 / 1.769 / 1.893 / 1.608, shifted 1.551 / 1.173 / 1.666 /
+    1.839 / 1.468 (weighted within 1.7% of average either way; this test runs chelsea seed 0)."""
+    s = {k: generated[k]["seam_base"] for k in ("naive", "average", "weighted", "shifted")}
+    assert s["naive"] > 1.05 * max(s["average"], s["weighted"]), s
+    assert s["weighted"] <= 1.03 * s["average"], s
+    assert s["shifted"] <= s["weighted"], s
 
 
-@VAE_CEILING
-def test_global_context_lowers_colour_drift_in_pixels(measured):
-    assert measured["weighted"]["drift"] < measured["weighted_noctx"]["drift"], {
-        k: measured[k]["drift"] for k in ("weighted", "weighted_noctx")
-    }
+def test_global_context_lowers_colour_drift_in_pixels(generated):
+    """Without the global context each patch invents its own tone; with it the patches agree. Measured on the
+    same 5 runs: drift 0.0133 / 0.0158 / 0.0127 / 0.0302 / 0.0305 with the context against 0.0317 / 0.0558 /
+    0.0235 / 0.0644 / 0.0708 without (0.28-0.54 of it); the shifted stitch's drift is within 6% of weighted's."""
+    d = {k: generated[k]["drift"] for k in ("weighted", "weighted_noctx", "shifted")}
+    assert d["weighted"] < 0.7 * d["weighted_noctx"], d
+    assert d["shifted"] <= 1.1 * d["weighted"], d
 
 
 @VAE_CEILING
