@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -198,9 +199,19 @@ def sinusoid(x: torch.Tensor, n: int) -> torch.Tensor:
     return rearrange(torch.cat([angles.cos(), angles.sin()], dim=-1), "b f n -> b (f n)")
 
 
+def run_block(block: nn.Module, x: torch.Tensor, checkpoint: bool, **kwargs) -> torch.Tensor:
+    """A copied Wan block on tokens x: [B, L, D]; with `checkpoint` (training), its activations are not kept
+    but recomputed in the backward pass: a block's activations are about 20 x L x D values, so the branches'
+    blocks cost as much memory per token as the base's, which the trainer checkpoints already."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(lambda y: block(y, **kwargs), x, use_reentrant=False)
+    return block(x, **kwargs)
+
+
 class PatchBranch(nn.Module):
     def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module, dtype, weight_of: WeightOf):
         super().__init__()
+        self.grad_checkpointing = False  # set by the trainer (PatchVSRAdapter.set_grad_checkpointing)
         # The embedding runs in float32 as the base's does (Wan keeps its patch embedding in float32).
         self.embed = plain_copy(patch_embedding, torch.float32, weight_of)
         self.blocks = nn.ModuleList(plain_copy(base_blocks[i], dtype, weight_of) for i in cfg.patch_blocks)
@@ -214,7 +225,7 @@ class PatchBranch(nn.Module):
         x = rearrange(x, "b d t h w -> b (t h w) d")
         hints = []
         for block, proj in zip(self.blocks, self.proj):
-            x = block(x, e=e0, freqs=freqs, context=context, context_img_len=None)
+            x = run_block(block, x, self.grad_checkpointing, e=e0, freqs=freqs, context=context, context_img_len=None)
             # In the projection's dtype: the model's compute dtype at inference (cast_for_inference), the
             # float32 master weights in training (under autocast on a GPU).
             hints.append(proj(x.to(proj.weight.dtype)).to(x.dtype))
@@ -224,6 +235,7 @@ class PatchBranch(nn.Module):
 class GlobalBranch(nn.Module):
     def __init__(self, cfg: AdapterConfig, base_blocks, patch_embedding: nn.Module, dtype, weight_of: WeightOf):
         super().__init__()
+        self.grad_checkpointing = False  # set by the trainer (PatchVSRAdapter.set_grad_checkpointing)
         c, d = cfg.in_channels, cfg.base_dim
         base_w = weight_of(patch_embedding, "weight").detach()
         # One more input channel for the location mask; its weights start at zero (paper: concatenated).
@@ -252,7 +264,15 @@ class GlobalBranch(nn.Module):
             t, h, w = x.shape[2:]
             tokens = rearrange(x, "b d t h w -> b (t h w) d")
             for block in blocks:
-                tokens = block(tokens, e=e0, freqs=rope(t, h, w), context=context, context_img_len=None)
+                tokens = run_block(
+                    block,
+                    tokens,
+                    self.grad_checkpointing,
+                    e=e0,
+                    freqs=rope(t, h, w),
+                    context=context,
+                    context_img_len=None,
+                )
             x = rearrange(tokens, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
             x = F.pad(x, (0, w % 2, 0, h % 2, 0, 0), mode="replicate") if (h % 2 or w % 2) else x
             x = rearrange(x, "b d t (h ph) (w pw) -> b d t h w (ph pw)", ph=2, pw=2)
@@ -371,6 +391,12 @@ class PatchVSRAdapter(nn.Module):
         the LoRA part is merged by ComfyUI from the file's tensors and is not used from here."""
         for part in (self.patch_branch.proj, self.global_branch.merge, self.gca, self.micro):
             part.to(dtype)
+        return self
+
+    def set_grad_checkpointing(self, on: bool) -> PatchVSRAdapter:
+        """Training: recompute the branches' copied blocks in the backward pass instead of keeping their
+        activations (the base's blocks are checkpointed by the block patches)."""
+        self.patch_branch.grad_checkpointing = self.global_branch.grad_checkpointing = on
         return self
 
     def lora_for(self, block: int, target: str) -> LoRA:

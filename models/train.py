@@ -363,6 +363,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # adapter init (LoRA down matrices) is part of the run's identity
         # Trained weights in fp32 (autocast computes in self.dtype): AdamW updates of 1e-5 vanish in bf16.
         self.adapter = PatchVSRAdapter(self.adapter_cfg, dm.blocks, dm.patch_embedding).to(self.device).float()
+        self.adapter.set_grad_checkpointing(self.cfg.grad_checkpointing)
         self.adapter.train()
         # Branch blocks start as copies of frozen base blocks but are trained (paper: branches are trained).
         self.adapter.requires_grad_(True)
