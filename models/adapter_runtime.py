@@ -115,8 +115,8 @@ def block_patch(
 ) -> Callable:
     """The replacement for base block `index`: the original block with the micro-conditions in its
     modulation (and, with gca_in_cross_attention, G-CA inside its text cross-attention through the attention
-    override), then the patch branch's hint and (by default) G-CA added to its output. checkpoint=True
-    recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
+    override), then the patch branch's hint (and, for an adapter with G-CA after the block, G-CA) added to
+    its output. checkpoint=True recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
     another extension set before this one: it runs in place of the original block, so both take effect."""
     interval = adapter.cfg.interval_of(index)
     gca = adapter.gca[index]
