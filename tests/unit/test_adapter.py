@@ -82,6 +82,34 @@ def test_every_part_reaches_the_output(dm):
         assert (out - base).abs().max() > 1e-6, f"{name} does not change the output"
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["gca-inside", "gca-after"])
+def test_checkpointed_blocks_give_the_same_gradients(dm, inside):
+    """The trainer recomputes every block in the backward pass. Through the host's original_block it
+    recomputed the last block in place of each one (the host's closure reads its loop variable late): the
+    loss was right and every gradient below the last block wrong, which made G-CA inside the text
+    cross-attention diverge on the proof (README, G-CA's placement)."""
+    from harness.inprocess import training_mode
+
+    adapter = wake(make(dm, gca_in_cross_attention=inside))
+    x, t, ctx, lr, glob, mask = inputs()
+    dm.requires_grad_(False)
+    grads = []
+    for checkpoint in (False, True):
+        adapter.zero_grad(set_to_none=True)
+        hooks = rt.add_lora_hooks(adapter, dm.blocks)
+        try:
+            with training_mode():
+                call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+                rt.forward(dm, adapter, x, t, ctx, call, checkpoint=checkpoint).square().mean().backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        grads.append({n: p.grad for n, p in adapter.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @torch.no_grad()
 def test_global_tokens_stay_at_rms_one_whatever_the_branch_scale(dm):
     """G-CA's values are linear in the global tokens: unnormalised, the trained branch and the value
