@@ -12,9 +12,9 @@ D model width, G global tokens, K patch-branch blocks.
   on channels with the binary location mask (its input weights start at zero), with the text prompt (paper:
   "the base model and global context branch using text prompts"). Its tokens enter every base block
   through G-CA inside the block's text cross-attention (supplement: "GCA modules in SCA blocks"): new keys
-  and values from the tokens (RMS-normalised, without parameters), the text cross-attention's own query, the
-  two attention outputs summed before the text cross-attention's output projection (a decoupled
-  cross-attention); G-CA's values RMS-normalised and scaled by a gate that starts at zero.
+  and values from the tokens, the text cross-attention's own query, the two attention outputs summed before
+  the text cross-attention's output projection (a decoupled cross-attention); G-CA's value projection starts
+  at zero.
 - LoRA on the base's self-attention, text cross-attention and FFN linears (up matrices start at zero),
   stored under ComfyUI's LoRA key names so ComfyUI's own loader can apply that part.
 - Micro-conditions (scale factor, noise level, crop location) embedded and added to the time modulation's
@@ -40,11 +40,7 @@ from torch import nn
 # 2: the global branch reads the text prompt, its latent is noise-augmented in the model's normalised space,
 # G-CA may sit inside the text cross-attention (gca_in_cross_attention). A version-1 file was trained for
 # the old inputs and cannot be converted.
-# 3: the global tokens are RMS-normalised before G-CA; inside the text cross-attention G-CA's values are
-# RMS-normalised and carry a zero-initialised gate (its value projection starts random). A version-2 file's G-CA was trained on
-# unnormalised tokens and cannot be converted.
-FORMAT_VERSION = 3
-TOKEN_NORM_EPS = 1e-6
+FORMAT_VERSION = 2
 # Base linears that carry LoRA, relative to a block (WanAttentionBlock's attribute names).
 LORA_TARGETS = (
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -131,9 +127,9 @@ class AdapterConfig:
     patch_noise_t: float = 0.25  # the patch branch's input noise level at inference (supplement: 250/1000)
     global_noise_t: float = 0.15  # the global branch's input noise level (supplement: 150/1000)
     micro_freq: int = 64  # sinusoidal features per micro-condition
-    # G-CA inside the text cross-attention (the supplement's placement; +13.6% per adapter step against
-    # +17.7% after the block, README "Cost of an adapter step"); False: after the block with its own query
-    # and output projection over the patch's tokens (GlobalCrossAttention).
+    # G-CA inside the text cross-attention (the supplement's placement; +11% per adapter step against +15%
+    # after the block, README "Cost of an adapter step"); False: after the block with its own query and
+    # output projection over the patch's tokens (GlobalCrossAttention).
     gca_in_cross_attention: bool = True
     format_version: int = FORMAT_VERSION
 
@@ -263,37 +259,17 @@ class GlobalBranch(nn.Module):
             x = rearrange(x, "b d t (h ph) (w pw) -> b d t h w (ph pw)", ph=2, pw=2)
             x = rearrange(x, "b d t h w k -> b t h w (k d)")
             x = rearrange(merge(x.to(merge.weight.dtype)).to(g.dtype), "b t h w d -> b d t h w")
-        return rms_normalise(rearrange(x, "b d t h w -> b (t h w) d"))
-
-
-def rms_normalise(tokens: torch.Tensor) -> torch.Tensor:
-    """tokens: [B, G, D] -> each token at RMS 1, no parameters (in float32, returned in tokens' dtype).
-
-    The global branch's output is the residual stream of trained copies of base blocks, and nothing bounds
-    its scale: G-CA's values are linear in it, so the branch and the value projection can grow together.
-    Measured on the tiny proof with G-CA inside the text cross-attention: the tokens' RMS went 0.19 (step
-    250) -> 1.2 (750) -> 19.7 (1250), G-CA's near-constant output swamped the residual stream (block output
-    RMS 28, of which 0.6 differed between tokens) and the validation loss went to 1.0. G-CA's keys were
-    already normalised (norm_k); the text cross-attention's keys and values come from the bounded text
-    embedding. IP-Adapter likewise layer-normalises its image tokens before its keys and values."""
-    x = tokens.float()
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + TOKEN_NORM_EPS)).to(tokens.dtype)
+        return rearrange(x, "b d t h w -> b (t h w) d")
 
 
 class GlobalCrossAttention(nn.Module):
-    """G-CA: new keys and values from the global tokens (RMS-normalised, see rms_normalise) against the
-    block's text cross-attention query.
+    """G-CA: new keys and values from the global tokens against the block's text cross-attention query.
 
     Two placements (AdapterConfig.gca_in_cross_attention):
     - inside the text cross-attention (default; the supplement's "GCA modules in SCA blocks"): the query is
       that attention's own, and G-CA's attention output is summed with the text attention's before the
-      shared output projection (a decoupled cross-attention, as in IP-Adapter). Its values are RMS-normalised
-      per token and multiplied by a scalar gate that starts at zero (the value projection starts random), so
-      the gate alone sets their size and moves by about the learning rate per step. Measured on the tiny
-      proof (README): a zero value projection instead overshot (Adam moves each of its weights by about the
-      learning rate per step; over D inputs at RMS 1 its output reached RMS 0.6 within 250 steps, validation
-      loss 0.079 -> 0.161), and the gate on unnormalised values let the value projection grow under it (its
-      norm 6.5 -> 12.8, G-CA's output RMS 0.004 -> 0.95 over 2000 steps, validation loss 0.057 -> 0.071);
+      shared output projection (a decoupled cross-attention, as in IP-Adapter); its value projection starts
+      at zero;
     - after the block: the query is the text cross-attention's projection of the block's output, and G-CA's
       own zero-initialised output projection adds its result to the block's output (one query and one
       output projection more over the patch's tokens per block)."""
@@ -303,18 +279,15 @@ class GlobalCrossAttention(nn.Module):
         self.heads = heads
         self.k = nn.Linear(dim, dim)
         self.norm_k = nn.RMSNorm(dim, eps=1e-6)
-        self.v = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.zeros(1)) if inside else None
+        self.v = zero_linear(dim, dim) if inside else nn.Linear(dim, dim)
         self.o = None if inside else zero_linear(dim, dim)
 
     def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """q: [B, L, D] (the text cross-attention's, normalised); tokens: [B, G, D] normalised -> [B, L, D] in
-        q's dtype (the model's compute dtype): the attention output (inside) or the output (after the block)."""
+        """q: [B, L, D] (the text cross-attention's, normalised); tokens: [B, G, D] -> [B, L, D] in q's dtype
+        (the model's compute dtype): the attention output (inside) or the output (after the block)."""
         w = self.k.weight.dtype
         k = self.norm_k(self.k(tokens.to(w))).to(q.dtype)
-        v = self.v(tokens.to(w))
-        # Inside: normalised and gated on the G tokens, before the attention (cheaper than on its L outputs).
-        v = (v if self.gate is None else rms_normalise(v) * self.gate).to(q.dtype)
+        v = self.v(tokens.to(w)).to(q.dtype)
         q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
         return out if self.o is None else self.o(out.to(w)).to(q.dtype)

@@ -16,13 +16,6 @@ from safetensors.torch import save_file
 from .adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter, WeightOf, stored_tensor
 
 META_KEY = "patchvsr"
-# What changed after each old format, for the refusal (neither can be converted: the weights were trained
-# for other inputs).
-OLD_FORMATS = {
-    1: "this pack gave the global branch the text prompt and noised its input in the model's latent space",
-    2: "this pack normalised the global tokens before G-CA and normalised and gated G-CA's values inside the "
-    "text cross-attention",
-}
 
 
 def save_adapter(adapter: PatchVSRAdapter, path: Path, extra_meta: dict | None = None) -> Path:
@@ -56,9 +49,9 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         raise ValueError(f"adapter '{name}' has an unreadable config ({e}).") from e
     if cfg.format_version < FORMAT_VERSION:
         raise ValueError(
-            f"adapter '{name}' uses file format {cfg.format_version}, from before "
-            f"{OLD_FORMATS.get(cfg.format_version, 'the formats this pack knows')} (format {cfg.format_version + 1}; "
-            f"this pack reads format {FORMAT_VERSION}); it was trained for the old inputs. Train it again with this version."
+            f"adapter '{name}' uses file format {cfg.format_version}, from before this pack gave the global branch "
+            f"the text prompt and noised its input in the model's latent space (format {FORMAT_VERSION}); it was "
+            "trained for the old inputs. Train it again with this version."
         )
     if cfg.format_version > FORMAT_VERSION:
         raise ValueError(
