@@ -115,8 +115,8 @@ def block_patch(
 ) -> Callable:
     """The replacement for base block `index`: the original block with the micro-conditions in its
     modulation (and, with gca_in_cross_attention, G-CA inside its text cross-attention through the attention
-    override), then the patch branch's hint and (by default) G-CA added to its output. checkpoint=True
-    recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
+    override), then the patch branch's hint (and, for an adapter with G-CA after the block, G-CA) added to
+    its output. checkpoint=True recomputes the block in the backward pass (training memory). `inner(args, extra)` is a block replacement
     another extension set before this one: it runs in place of the original block, so both take effect."""
     interval = adapter.cfg.interval_of(index)
     gca = adapter.gca[index]
@@ -128,22 +128,32 @@ def block_patch(
             return extra["original_block"](args) if inner is None else inner(args, extra)
         opts = args["transformer_options"]
 
-        def run(a: dict) -> dict:
+        def run(a: dict, original: Callable) -> dict:
             if inside and call.tokens is not None:  # a fresh override per run: it counts the block's attentions
                 override = gca_override(gca, call.tokens, a["txt"].shape[1], opts.get("optimized_attention_override"))
                 a = {**a, "transformer_options": {**opts, "optimized_attention_override": override}}
-            return extra["original_block"](a) if inner is None else inner(a, extra)
+            return original(a) if inner is None else inner(a, extra)
 
         args = {**args, "vec": args["vec"] + call.micro}
         if checkpoint and torch.is_grad_enabled():
+            # Not the host's original_block: it closes over the host's loop variable `block`, so when the
+            # backward pass recomputes this block the loop has ended and it runs the LAST block (the output is
+            # right, every gradient below the last block is wrong; measured on both hosts). Training calls
+            # this block itself, as the host's block_wrap does (a T2V model: no image context).
+            assert inner is None, "training does not chain another extension's block replacement"
+
+            def this_block(a: dict) -> dict:
+                return {"img": block(a["img"], context=a["txt"], e=a["vec"], freqs=a["pe"], context_img_len=None,
+                                     transformer_options=a["transformer_options"])}  # fmt: skip
+
             x = torch.utils.checkpoint.checkpoint(
-                lambda img, vec: run({**args, "img": img, "vec": vec})["img"],
+                lambda img, vec: run({**args, "img": img, "vec": vec}, this_block)["img"],
                 args["img"],
                 args["vec"],
                 use_reentrant=False,
             )
         else:
-            x = run(args)["img"]
+            x = run(args, extra["original_block"])["img"]
         if not inside and call.tokens is not None:
             # G-CA shares the projection of the block's own text cross-attention query (paper section 3.2).
             ca = block.cross_attn

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import adapter_runtime as rt
-from .adapter import AdapterConfig, PatchVSRAdapter
+from .adapter import FORMAT_VERSION, AdapterConfig, PatchVSRAdapter
 from .adapter_file import save_adapter
 from .context import location_mask
 from .data import Clip, crop_size, degrade, find_clips, read_clip
@@ -54,6 +54,9 @@ KEEP_CHECKPOINTS = 2
 # (accum x processes) is part of the identity instead of accum.
 RESUMABLE_FIELDS = {"steps", "val_every", "ckpt_every", "out", "work", "accum", "shard"}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Where G-CA joins each base block (AdapterConfig.gca_in_cross_attention): inside its text cross-attention
+# (the supplement's placement, the default) or after the block with its own query and output projection.
+GCA_PLACEMENTS = ("inside", "after")
 START_OVER = "allow overwrite (the node's overwrite input, --overwrite or --restart on the command line)"
 MAX_NAME = 100  # characters; leaves room for the suffixes within any file system's 255
 _NAME_CHARS = re.compile(r"[\w.\- ]+")
@@ -137,6 +140,7 @@ class TrainConfig:
     # auto: bf16 where the device has it (CUDA since Ampere, the CPU), fp16 on older CUDA GPUs.
     precision: str = "auto"
     shard: bool = False  # FSDP2: shard the adapter, its gradients and AdamW over the processes (14B)
+    gca_placement: str = "inside"  # one of GCA_PLACEMENTS; recorded in the adapter file's config
 
 
 @dataclass
@@ -214,11 +218,14 @@ def load_sample(path: Path) -> Sample:
 
 def run_identity(cfg: TrainConfig, dm, clips: Sequence[str] = (), world_size: int = 1) -> dict[str, str]:
     """What a checkpoint must match to be resumed: every setting that changes the weights, the data folder
-    and its clips, the global batch, and the base model (its dims and a fingerprint of its weights)."""
+    and its clips, the global batch, the adapter file format, and the base model (its dims and a fingerprint
+    of its weights)."""
     ident = {k: json.dumps(v) for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
     ident["data"] = json.dumps(str(Path(cfg.data).resolve()))
     # 8 GPUs x accum 1 and 4 GPUs x accum 2 train the same weights (see Trainer.train_step).
     ident["batch"] = json.dumps(cfg.accum * world_size)
+    # A checkpoint of an older adapter format holds weights trained for other inputs (adapter_file.py).
+    ident["adapter_format"] = json.dumps(FORMAT_VERSION)
     # The patch embedding and a slice of every block weight: a fine-tune or another format of the base
     # changes them, and hashing slices keeps this cheap on a 14B model.
     parts = [dm.patch_embedding.weight.flatten()] + [p.flatten()[:64] for b in dm.blocks for p in b.parameters()]
@@ -345,6 +352,8 @@ class Trainer:
         self.cfg, self.dm, self.text, self.device, self.world = cfg, dm, text, torch.device(device), world
         if cfg.accum < 1:
             raise ValueError(f"accum: {cfg.accum} examples per step; give at least 1.")
+        if cfg.gca_placement not in GCA_PLACEMENTS:
+            raise ValueError(f"gca_placement: '{cfg.gca_placement}' is not one of {', '.join(GCA_PLACEMENTS)}.")
         self.identity = run_identity(cfg, dm, clips, world.size)
         self.dtype = compute_dtype(cfg.precision, self.device)
         if cfg.shard and self.dtype == torch.float16:
@@ -359,6 +368,7 @@ class Trainer:
             dm.dim, dm.num_layers, dm.num_heads, dm.in_dim, patch_k=cfg.patch_blocks or None,
             global_k=cfg.global_blocks or None, lora_rank=cfg.lora_rank, lora_alpha=float(cfg.lora_rank),
             patch_noise_t=sum(cfg.cond_noise) / 2,  # inference uses the middle of the trained range
+            gca_in_cross_attention=cfg.gca_placement == "inside",
         )  # fmt: skip
         torch.manual_seed(cfg.seed)  # adapter init (LoRA down matrices) is part of the run's identity
         # Trained weights in fp32 (autocast computes in self.dtype): AdamW updates of 1e-5 vanish in bf16.

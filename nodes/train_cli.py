@@ -138,6 +138,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="under torchrun: shard the adapter, gradients and AdamW over the GPUs (FSDP2) instead of a copy each",
     )
+    p.add_argument(
+        "--gca",
+        choices=("inside", "after"),  # models/train.py GCA_PLACEMENTS (the pack is imported after parsing)
+        default="inside",
+        help="where G-CA (the global context's cross-attention) joins each base block: inside its text "
+        "cross-attention, sharing its query and output projection (the paper's supplement; default), or after "
+        "the block with a query and output projection of its own (about 4%% more per adapter step); recorded "
+        "in the adapter file, and a checkpoint of the other placement is not resumed",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -193,6 +202,7 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
         max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
         val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed, scale=tuple(args.scale),
         cond_noise=tuple(args.cond_noise), accum=args.accum, precision=args.precision, shard=args.shard,
+        gca_placement=args.gca,
     )  # fmt: skip
     if world.main and world.size > 1:
         log.info("%d processes, global batch %d (--accum %d per process)", world.size, world.size * args.accum,

@@ -194,9 +194,9 @@ def adapter_cost(frames: int) -> dict:
     d = ADAPTER_DIT
     adapter = PatchVSRAdapter(AdapterConfig.for_base(d["dim"], d["num_layers"], d["num_heads"], 16),
                               dit.blocks, dit.patch_embedding)  # fmt: skip
-    inside = PatchVSRAdapter(AdapterConfig.for_base(d["dim"], d["num_layers"], d["num_heads"], 16,
-                                                    gca_in_cross_attention=True), dit.blocks, dit.patch_embedding)  # fmt: skip
-    for p in (*adapter.parameters(), *inside.parameters()):  # small non-zero outputs, as a trained adapter has
+    after = PatchVSRAdapter(AdapterConfig.for_base(d["dim"], d["num_layers"], d["num_heads"], 16,
+                                                   gca_in_cross_attention=False), dit.blocks, dit.patch_embedding)  # fmt: skip
+    for p in (*adapter.parameters(), *after.parameters()):  # small non-zero outputs, as a trained adapter has
         p.add_(torch.randn(p.shape) * 0.01)
     T, h, w = latent_frames(frames), PATCH_PX[0] // STRIDE, PATCH_PX[1] // STRIDE
     x = torch.randn(2, 16, T, h, w)
@@ -215,9 +215,9 @@ def adapter_cost(frames: int) -> dict:
         call = rt.AdapterCall(tuple(rt.patch_hints(dit, adapter, lr)), tokens, micro, repeat=2)
         rt.forward(dit, adapter, x, t, context, call)
 
-    def shared_inside():  # the same with G-CA inside the text cross-attention
-        call = rt.AdapterCall(tuple(rt.patch_hints(dit, inside, lr)), tokens, micro, repeat=2)
-        rt.forward(dit, inside, x, t, context, call)
+    def shared_after():  # the same with G-CA after the block
+        call = rt.AdapterCall(tuple(rt.patch_hints(dit, after, lr)), tokens, micro, repeat=2)
+        rt.forward(dit, after, x, t, context, call)
 
     def per_row():
         call = rt.AdapterCall(tuple(rt.patch_hints(dit, adapter, lr.expand(2, -1, -1, -1, -1))), tokens, micro)
@@ -229,7 +229,7 @@ def adapter_cost(frames: int) -> dict:
     # Interleaved rounds, so a change in the machine's load during the run hits every variant alike; CPU
     # time of this process (one thread), which a busy shared machine disturbs far less than wall time.
     torch.set_num_threads(1)
-    variants = {"plain": plain, "shared": shared, "inside": shared_inside, "per_row": per_row, "global": global_once}
+    variants = {"plain": plain, "shared": shared, "after": shared_after, "per_row": per_row, "global": global_once}
     times = {name: [] for name in variants}
     shared()  # warm-up: first-call allocations
     for _ in range(ADAPTER_REPEATS):
@@ -256,7 +256,7 @@ def adapter_projection() -> list[dict]:
         k = max(1, layers // 6)
         block = dit_flops(tokens, dim, cfg["ffn_dim"], 1) - 4 * tokens * TEXT_TOKENS * dim - 4 * TEXT_TOKENS * dim * dim
         base = dit_flops(tokens, **cfg)  # per row
-        for placement, qo in (("after the block (default)", 2 * 2 * tokens * dim * dim), ("inside cross-attention", 0)):
+        for placement, qo in (("inside cross-attention (default)", 0), ("after the block", 2 * 2 * tokens * dim * dim)):
             gca = layers * (4 * tokens * g * dim + 2 * 2 * g * dim * dim + qo)  # per row
             out.append({"model": model, "placement": placement, "k": k, "cfg2": (k * block + 2 * gca) / (2 * base),
                         "cfg1": (k * block + gca) / base})  # fmt: skip
@@ -329,7 +329,7 @@ def adapter_tables(args) -> None:
     print("| evaluation | CPU time | vs plain |")
     print("|---|---|---|")
     for name, key in (("plain DiT", "plain"), ("with adapter (patch branch once for both rows)", "shared"),
-                      ("the same, G-CA inside the text cross-attention (opt-in)", "inside"),
+                      ("the same, G-CA after the block (opt-in)", "after"),
                       ("with adapter, patch branch per row (before)", "per_row")):  # fmt: skip
         print(f"| {name} | {r[key]:.3f} s | {r[key] / r['plain']:.3f}× |")
     print(

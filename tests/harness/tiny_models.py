@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the recipe changes, so cached files are rebuilt.
-RECIPE_VERSION = 9
+RECIPE_VERSION = 11
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,10 @@ def test_equal_intervals():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("inside", [True, False], ids=["gca-inside", "gca-after"])
 @pytest.mark.parametrize("hw", [(12, 16), (11, 13)], ids=["even", "odd"])  # odd: the last patch of a 1080p frame
-def test_untrained_adapter_is_an_exact_identity(dm, hw):
-    adapter = make(dm)
+def test_untrained_adapter_is_an_exact_identity(dm, hw, inside):
+    adapter = make(dm, gca_in_cross_attention=inside)
     x, t, ctx, lr, glob, mask = inputs(hw=hw)
     base = dm(x, t * 1000, ctx)
     hooks = rt.add_lora_hooks(adapter, dm.blocks)
@@ -64,13 +65,14 @@ def test_every_part_reaches_the_output(dm):
     x, t, ctx, lr, glob, mask = inputs()
     base = dm(x, t * 1000, ctx)
     parts = {
-        "patch branch": "patch_branch.proj.0.weight",
-        "G-CA": "gca.1.o.weight",
-        "micro": "micro.out.weight",
-        "LoRA": "lora.1__ffn_2.up",
+        "patch branch": ("patch_branch.proj.0.weight", True),
+        "G-CA inside": ("gca.1.v.weight", True),
+        "G-CA after the block": ("gca.1.o.weight", False),
+        "micro": ("micro.out.weight", True),
+        "LoRA": ("lora.1__ffn_2.up", True),
     }
-    for name, param in parts.items():
-        adapter = make(dm)
+    for name, (param, inside) in parts.items():
+        adapter = make(dm, gca_in_cross_attention=inside)
         adapter.get_parameter(param).normal_(0, 0.05)
         hooks = rt.add_lora_hooks(adapter, dm.blocks)
         call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
@@ -78,6 +80,34 @@ def test_every_part_reaches_the_output(dm):
         for h in hooks:
             h.remove()
         assert (out - base).abs().max() > 1e-6, f"{name} does not change the output"
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["gca-inside", "gca-after"])
+def test_checkpointed_blocks_give_the_same_gradients(dm, inside):
+    """The trainer recomputes every block in the backward pass. Through the host's original_block it
+    recomputed the last block in place of each one (the host's closure reads its loop variable late): the
+    loss was right and every gradient below the last block wrong, which made G-CA inside the text
+    cross-attention diverge on the proof (README, G-CA's placement)."""
+    from harness.inprocess import training_mode
+
+    adapter = wake(make(dm, gca_in_cross_attention=inside))
+    x, t, ctx, lr, glob, mask = inputs()
+    dm.requires_grad_(False)
+    grads = []
+    for checkpoint in (False, True):
+        adapter.zero_grad(set_to_none=True)
+        hooks = rt.add_lora_hooks(adapter, dm.blocks)
+        try:
+            with training_mode():
+                call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+                rt.forward(dm, adapter, x, t, ctx, call, checkpoint=checkpoint).square().mean().backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        grads.append({n: p.grad for n, p in adapter.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_micro_conditions_only_shift_and_stay_bounded(dm):

@@ -67,13 +67,20 @@ def text(caption: str) -> torch.Tensor:
     return torch.zeros(1, 1, 4096)
 
 
-def test_training_lowers_validation_loss_and_exports(host, data, tmp_path):
-    path, history = train(config(data, tmp_path), tiny_wan(layers=2), host, text)
+@pytest.mark.parametrize("gca", ["inside", "after"])
+def test_training_lowers_validation_loss_and_exports(host, data, tmp_path, gca):
+    path, history = train(config(data, tmp_path, gca_placement=gca), tiny_wan(layers=2), host, text)
     vals = [h["val"] for h in history if "val" in h]
     print("validation loss", vals)
     assert vals[-1] < 0.7 * vals[0], vals
     adapter = load_adapter(path, tiny_wan(layers=2).blocks, tiny_wan(layers=2).patch_embedding, (128, 2, 1, 16))
     assert adapter.cfg.lora_rank == 4
+    assert adapter.cfg.gca_in_cross_attention == (gca == "inside"), "the file records the G-CA placement"
+
+
+def test_unknown_gca_placement_is_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="gca_placement: 'middle' is not one of inside, after"):
+        Trainer(config(data, tmp_path, gca_placement="middle"), tiny_wan(layers=2), text)
 
 
 def test_captions_come_from_sidecar_files(data):
@@ -175,11 +182,12 @@ def _other_model():
         (dict(scale=(2.0, 2.0)), "scale [2.0, 2.0] (checkpoint: [1.0, 4.5])"),
         (dict(accum=4), "batch 4 (checkpoint: 1)"),
         (dict(precision="fp32"), 'precision "fp32" (checkpoint: "auto")'),
+        (dict(gca_placement="after"), 'gca_placement "after" (checkpoint: "inside")'),
         ("data", 'data "{other}" (checkpoint: "{data}")'),
         ("model", "model dim 128, 2 layers, 1 heads, 16 channels, weights "),
         ("clips", "clips 3 clips"),
     ],
-    ids=["lora_rank", "hyper-parameter", "seed", "scale", "batch", "precision", "data folder", "model", "clips"],
+    ids=["lora_rank", "hyper-parameter", "seed", "scale", "batch", "precision", "gca", "data folder", "model", "clips"],
 )
 def test_resume_with_other_settings_says_what_differs(host, data, tmp_path, change, expected):
     names = [c.path.name for c in find_clips(data)]
