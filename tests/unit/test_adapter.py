@@ -350,25 +350,26 @@ def test_gca_composes_with_another_extensions_attention_override(dm):
 def test_checkpointed_branches_give_the_same_gradients_and_recompute(dm):
     """Training with set_grad_checkpointing(True) recomputes every copied branch block in the backward pass
     (each runs twice per step instead of keeping its activations) and gives the same loss and gradients."""
+    from harness.inprocess import training_mode
+
     x, t, ctx, lr, glob, mask = inputs()
     grads, runs = {}, {}
     for on in (False, True):
         torch.manual_seed(0)
-        adapter = make(dm)
-        for p in adapter.parameters():  # wake every zero-initialised output so every part has a gradient
-            if p.abs().max() == 0:
-                p.data.normal_(0, 0.05)
+        adapter = wake(make(dm))  # every zero-initialised output woken, so every part has a gradient
         adapter.set_grad_checkpointing(on)
         blocks = [*adapter.patch_branch.blocks, *(b for lvl in adapter.global_branch.levels for b in lvl)]
         count = [0]
         # A pre-hook: the recomputation stops early, once it has what the backward needs (torch's early stop).
         handles = [b.register_forward_pre_hook(lambda *a, c=count: c.__setitem__(0, c[0] + 1)) for b in blocks]
         hooks = rt.add_lora_hooks(adapter, dm.blocks)
-        call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
-        loss = rt.forward(dm, adapter, x, t, ctx, call, checkpoint=True).square().mean()
-        loss.backward()
-        for h in hooks + handles:
-            h.remove()
+        try:
+            with training_mode():  # autograd through the host's kernels (ComfyUI 0.33's RoPE needs the flag)
+                call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+                rt.forward(dm, adapter, x, t, ctx, call, checkpoint=True).square().mean().backward()
+        finally:
+            for h in hooks + handles:
+                h.remove()
         runs[on] = count[0] / len(blocks)
         grads[on] = {k: p.grad.clone() for k, p in adapter.named_parameters() if p.grad is not None}
     assert runs == {False: 1, True: 2}, runs
