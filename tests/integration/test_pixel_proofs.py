@@ -48,22 +48,23 @@ GENERATED = replace(CFG, t0=0.9, steps=8)
 GENERATED_RUNS = {**RUNS, "shifted": {"mode": "shifted"}}
 
 
+def run_and_measure(server, tiny_models, cfg, runs):
+    """(frames, scores, videos) of one comparison prompt on the trained tiny models, its table printed."""
+    install(tiny_models)
+    frames, videos = pixel_eval.run_compare(server, cfg, runs)
+    scores = pixel_eval.measures(pixel_eval.plan_of(cfg), frames)
+    print("\n" + pixel_eval.table(scores))
+    return frames, scores, videos
+
+
 @pytest.fixture(scope="module")
 def generated(server, tiny_models):
-    install(tiny_models)
-    frames, _ = pixel_eval.run_compare(server, GENERATED, GENERATED_RUNS)
-    scores = pixel_eval.measures(pixel_eval.plan_of(GENERATED), frames)
-    print("\n" + pixel_eval.table(scores))
-    return scores
+    return run_and_measure(server, tiny_models, GENERATED, GENERATED_RUNS)[1]
 
 
 @pytest.fixture(scope="module")
 def compared(server, tiny_models):
-    install(tiny_models)
-    frames, videos = pixel_eval.run_compare(server, CFG, RUNS)
-    scores = pixel_eval.measures(pixel_eval.plan_of(CFG), frames)
-    print("\n" + pixel_eval.table(scores))
-    return frames, scores, videos
+    return run_and_measure(server, tiny_models, CFG, RUNS)
 
 
 @pytest.fixture(scope="module")
