@@ -19,11 +19,11 @@ VAE_NAME = "patchvsr-tiny-wan21-vae-photo"
 DIT_NAME = "patchvsr-tiny-wan21-t2v-photo"
 # folder under the models dir, file name, sha256 of the committed file (tests/tiny prints it after training)
 FILES = {
-    "vae": ("vae", f"{VAE_NAME}.safetensors", "bce79abcba2aef76f1338d5a8b7f7dc6be3dd58dd066fa4076b5a70c4924c708"),
+    "vae": ("vae", f"{VAE_NAME}.safetensors", "80d17ae83b8406b2d64bf83e481543511c7d79bd85edbe9188dd74cfa54b1afe"),
     "dit": (
         "diffusion_models",
         f"{DIT_NAME}.safetensors",
-        "06131e7dfc43105dc82c44ba6e316faa7b516bc72b0d378f39e72b5d78a10dd5",
+        "349cbd4303df474474cf7345b24a0093a8629a5685943de49c0e4157bf6158b8",
     ),
 }
 # The DiT's shape, as tests/tiny/train_dit.py builds it (ComfyUI detects it from the file; the proof's

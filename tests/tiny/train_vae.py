@@ -1,13 +1,9 @@
 """Trains the tiny Wan 2.1 VAE (ComfyUI's own class at width 16) as an autoencoder of camera-move clips cut
-from scikit-image's sample photographs. Fixed seeds; two stages on one shared thread of the 2-core machine:
-2000 steps at lr 3e-4 from the random init (about 30 minutes), then 4000 steps at lr 2e-4 from those weights
-(about 65 minutes), each with its own cosine schedule.
-
-    pip install --target /tmp/skimg --no-deps scikit-image==0.26.0   # only its bundled photographs are read
-    cd tests
-    PYTHONPATH=/tmp/skimg ../.venv/bin/python -m tiny.train_vae --out /tmp/vae-stage1.safetensors
-    PYTHONPATH=/tmp/skimg ../.venv/bin/python -m tiny.train_vae --init /tmp/vae-stage1.safetensors \
-        --steps 4000 --lr 2e-4 --warmup 100 --seed 1
+from scikit-image's sample photographs. Fixed seeds; four stages, each with its own cosine schedule, each from
+the last one's weights (tests/tiny/README.md, Reproduce, has the commands): 1 and 5 frames at lr 3e-4 from the
+random init (2000 steps, about 30 minutes on one thread of the shared 2-core machine) and at 2e-4 (4000 steps,
+65 minutes), then 1, 5 and 9 frames (2400 steps, 37 minutes on two threads) and 1, 9, 17 and 33 frames at 1e-4
+(1200 steps, 27 minutes), so that the causal cache's later chunks are trained too.
 
 Writes tests/assets/models/vae/patchvsr-tiny-wan21-vae-photo.safetensors (fp16; --out elsewhere) and prints
 its sha256 and the held-out PSNR.
@@ -34,8 +30,9 @@ def to_vae(clip: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(vae, frames: int = 5, size=(192, 288)) -> dict[str, float]:
-    """PSNR (dB, pixels in [0, 1]) of encode -> decode on the held-out photos' clips."""
+def evaluate(vae, frames: int = 17, size=(192, 288)) -> dict[str, float]:
+    """PSNR (dB, pixels in [0, 1]) of encode -> decode on the held-out photos' clips (17 frames: five causal
+    chunks, so errors that build up from chunk to chunk through the temporal cache are measured too)."""
     vae.eval()
     out = {}
     for name in HELD_OUT:
@@ -60,9 +57,19 @@ def main(argv: list[str]) -> int:
         help="continue from these weights (a stage of the recipe: README Reproduce) instead of the random init",
     )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--frames", default="1,5",
+        help="clip lengths the steps cycle through (1 = a batch of 4 stills); 9 and up train the causal cache's "
+        "steady state (the third and later 4-frame chunks), which 1 and 5 never reach; 17 and 33 keep errors "
+        "from building up over chunks (clips over 9 frames use a smaller crop)",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (stage 3 of the recipe uses 2)")
     parser.add_argument("--out", default=str(VAE_FILE))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machine's 2 cores are shared; the recipe is timed on one thread
+    torch.set_num_threads(args.threads)  # the machine's 2 cores are shared; stages 1-2 are timed on one thread
+    cycle = [int(f) for f in args.frames.split(",")]
+    if any(f != 1 and (f - 1) % 4 for f in cycle):
+        parser.error(f"--frames {args.frames}: every clip length must be 1 + 4k (the VAE's causal chunks)")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -95,12 +102,17 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     size = (args.crop, args.crop)
     for step in range(args.stop_at or args.steps):
-        # 3. Alternate 4 still frames (the first-frame path) and one 5-frame clip (the 4x temporal path).
-        if step % 2 == 0:
+        # 3. Cycle through 4 still frames (the first-frame path) and single clips (the 4x temporal path: 5 frames
+        # reach the chunk after the first frame, 9 and more the chunks after a 4-frame chunk).
+        frames = cycle[step % len(cycle)]
+        if frames == 1:
             x = torch.cat([to_vae(camera_clip(photos[int(torch.randint(len(photos), (), generator=gen))], size, 1, gen))
                            for _ in range(4)])  # fmt: skip
-        else:
-            x = to_vae(camera_clip(photos[int(torch.randint(len(photos), (), generator=gen))], size, 5, gen))
+        else:  # long clips at a smaller crop (about 9 x 64^2 pixels): their lesson is temporal, not spatial
+            side = size[0] if frames <= 9 else max(32, 8 * round(size[0] * math.sqrt(9 / frames) / 8))
+            x = to_vae(
+                camera_clip(photos[int(torch.randint(len(photos), (), generator=gen))], (side, side), frames, gen)
+            )
         if float(torch.rand((), generator=gen)) < 0.5:  # colour and brightness jitter: the photos are few
             x = (
                 x * (0.8 + 0.4 * torch.rand(1, 3, 1, 1, 1, generator=gen))
@@ -125,7 +137,7 @@ def main(argv: list[str]) -> int:
             p = psnr((y.detach().clamp(-1, 1) + 1) / 2, (x + 1) / 2)
             # One batch's PSNR swings by 5 dB with the photo drawn (gravel vs sky); the held-out stills at a
             # small size (a second of CPU, no RNG drawn) are the trend to watch.
-            ho = evaluate(vae, frames=1, size=(96, 128)) if step % 200 == 0 else {}
+            ho = evaluate(vae, size=(64, 96)) if step % 200 == 0 else {}
             print(f"step {step}  loss {loss.item():.4f}  stat {stat.item():.3f}  train psnr {p:.2f}  "
                   + "".join(f"held-out {k} {v:.2f}  " for k, v in ho.items())
                   + f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
