@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         "steady state (the third and later 4-frame chunks), which 1 and 5 never reach; 17 and 33 keep errors "
         "from building up over chunks (clips over 9 frames use a smaller crop)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (stage 3 of the recipe uses 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (stages 3-4 of the recipe use 2)")
     parser.add_argument("--out", default=str(VAE_FILE))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # the machine's 2 cores are shared; stages 1-2 are timed on one thread
@@ -135,8 +135,8 @@ def main(argv: list[str]) -> int:
         opt.step()
         if step % 50 == 0 or step == args.steps - 1:
             p = psnr((y.detach().clamp(-1, 1) + 1) / 2, (x + 1) / 2)
-            # One batch's PSNR swings by 5 dB with the photo drawn (gravel vs sky); the held-out stills at a
-            # small size (a second of CPU, no RNG drawn) are the trend to watch.
+            # One batch's PSNR swings by 5 dB with the photo drawn (gravel vs sky); the held-out 17-frame clips
+            # at a small size (a few seconds of CPU, no RNG drawn) are the trend to watch.
             ho = evaluate(vae, size=(64, 96)) if step % 200 == 0 else {}
             print(f"step {step}  loss {loss.item():.4f}  stat {stat.item():.3f}  train psnr {p:.2f}  "
                   + "".join(f"held-out {k} {v:.2f}  " for k, v in ho.items())
