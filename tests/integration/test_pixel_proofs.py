@@ -77,7 +77,8 @@ def test_the_scene_comes_through_every_stitch_whole(server, compared):
     """The demo's claim: a held-out scene goes through the whole pack and comes out whole. Every result is
     within 1.5 dB of the HR clip through the VAE (the most any latent method can reach with it; measured
     0.88-1.04 dB below with the committed models, 0.55-0.66 with those before VAE stages 3-4; coloured noise
-    from a broken pipeline scores about 10 dB), the DiT changed the sampler's start (it ran), the mp4 was written, and the side-by-side picture is drawn from the frames."""
+    from a broken pipeline scores about 10 dB), the DiT changed the sampler's start (it ran), the mp4 was
+    written, and the side-by-side picture is drawn from the frames."""
     frames, scores, videos = compared
     ceiling = scores["vae_hr"]["psnr"]
     assert ceiling > 20, scores["vae_hr"]
@@ -109,8 +110,8 @@ def test_global_context_lowers_colour_drift_in_pixels(generated):
     """Without the global context each patch invents its own tone; with it the patches agree. Measured on the
     same 5 runs: drift 0.0133 / 0.0158 / 0.0127 / 0.0302 / 0.0305 with the context against 0.0317 / 0.0558 /
     0.0235 / 0.0644 / 0.0708 without (0.28-0.54 of it); the shifted stitch's drift is within 6% of weighted's
-    (models before VAE stages 3-4). With the committed models, chelsea seed 0: 0.0152 against 0.0419 / 0.0418 without (pinned /
-    0.33), shifted 0.0155."""
+    (models before VAE stages 3-4). With the committed models, chelsea seed 0: 0.0152 against 0.0419 / 0.0418
+    without (pinned / 0.33), shifted 0.0155."""
     d = {k: generated[k]["drift"] for k in ("weighted", "weighted_noctx", "shifted")}
     assert d["weighted"] < 0.7 * d["weighted_noctx"], d
     assert d["shifted"] <= 1.1 * d["weighted"], d
