@@ -183,10 +183,13 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
                 if on_clip:
                     on_clip(i + 1, len(clips))
                 continue
+            hr_latent = None  # every variant shares the HR clip, the largest encode: once per clip
             for path, s in zip(variants, scales):
                 if not path.exists():
+                    if hr_latent is None:
+                        hr_latent = encode(hr)
                     lr = degrade(hr, s)
-                    tensors = {"hr": encode(hr), "lr": encode(lr), "glob": encode(resize_frames(lr, cfg.crop_px))}
+                    tensors = {"hr": hr_latent, "lr": encode(lr), "glob": encode(resize_frames(lr, cfg.crop_px))}
                     tensors = {k: t.float().contiguous().cpu() for k, t in tensors.items()}
                     _save_atomic(tensors, path, {"scale": str(s), "caption": clip.caption})
         if on_clip:

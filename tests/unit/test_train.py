@@ -12,6 +12,7 @@ from harness.inprocess import import_comfy, tiny_wan, training_mode
 from harness.runs import make_clip
 
 from models.adapter_file import load_adapter
+from models.data import read_clip
 from models.train import (
     Sample,
     TrainConfig,
@@ -134,6 +135,24 @@ def test_cache_is_not_reused_for_another_scale_range(host, data, tmp_path):
     narrow = cache_latents(config(data, tmp_path, scale=(2.0, 2.0)), find_clips(data)[:1], host)
     assert not set(wide) & set(narrow), "a new scale range reused latents cached for the old one"
     assert {float(safe_open(str(p), "pt").metadata()["scale"]) for p in narrow} == {2.0}
+
+
+def test_hr_clip_is_encoded_once_for_all_its_variants(host, data, tmp_path):
+    from safetensors.torch import load_file
+
+    sizes = []
+
+    def counting(px):
+        sizes.append(tuple(px.shape))
+        return host(px)
+
+    clips = find_clips(data)[:1]
+    paths = cache_latents(config(data, tmp_path), clips, counting)
+    assert len(paths) == 2, paths  # two LR variants
+    hr_px = tuple(read_clip(clips[0], config(data, tmp_path).max_frames).shape)
+    assert sizes.count(hr_px) == 1 + len(paths), sizes  # HR once, then each variant's LR (same size)
+    first, second = (load_file(str(p)) for p in paths)
+    assert torch.equal(first["hr"], second["hr"]) and not torch.equal(first["lr"], second["lr"])
 
 
 # -- runs that survive (issue 9, item 4) --------------------------------------------------------------------
