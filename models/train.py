@@ -123,7 +123,7 @@ class TrainConfig:
     # LR down-scale s ~ U[lo, hi]. The paper draws from [1, 4]; the workflows upscale up to 4.5x (480p -> 4K),
     # and a factor outside the trained range is an extrapolation of the scale micro-condition.
     scale: tuple[float, float] = (1.0, 4.5)
-    variants: int = 2  # LR versions (different s) cached per clip
+    variants: int = 2  # LR versions (different s) cached per clip; one when `scale` is a single factor
     cond_noise: tuple[float, float] = (0.2, 0.3)  # patch-condition noise augmentation t (paper)
     null_prompt: float = 0.1  # probability of the null prompt (paper: 10%)
     val_fraction: float = 0.1  # clips held out for the validation loss (at least one when > 1 clip)
@@ -165,7 +165,8 @@ def cache_latents(cfg: TrainConfig, clips: list[Clip], encode: EncodeFn, on_clip
         if check:  # a cancel between clips: the finished ones are on disk (written atomically) and reused
             check()
         # Drawn before the clip is read so one unreadable clip does not change the others' LR scales.
-        scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants)]
+        # A fixed factor (--scale S S) makes every variant the same LR clip: one is encoded, not copies.
+        scales = [gen.uniform(*cfg.scale) for _ in range(cfg.variants if cfg.scale[0] != cfg.scale[1] else 1)]
         # A stable digest (not hash(), which changes per process) so a restarted run finds its cache.
         # Everything the cached tensors depend on: a changed --scale must not reuse LR made at the old one.
         ident = (

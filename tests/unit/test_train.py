@@ -135,6 +135,7 @@ def test_cache_is_not_reused_for_another_scale_range(host, data, tmp_path):
     narrow = cache_latents(config(data, tmp_path, scale=(2.0, 2.0)), find_clips(data)[:1], host)
     assert not set(wide) & set(narrow), "a new scale range reused latents cached for the old one"
     assert {float(safe_open(str(p), "pt").metadata()["scale"]) for p in narrow} == {2.0}
+    assert len(wide) == 2 and len(narrow) == 1, "a single factor must cache one LR variant, not identical copies"
 
 
 def test_hr_clip_is_encoded_once_for_all_its_variants(host, data, tmp_path):
