@@ -59,12 +59,15 @@ def plan_of(cfg: CompareConfig) -> PatchPlan:
     return make_plan(PlanConfig((latent_frames(cfg.frames), h // STRIDE, w // STRIDE), (p, p), 21))
 
 
-def compare_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: CompareConfig, runs: dict[str, dict]) -> dict:
+def compare_prompt(
+    object_info: dict, lr_clip: str, hr_clip: str, cfg: CompareConfig, runs: dict[str, dict], latents: bool = False
+) -> dict:
     """The shipped 2K workflow on the trained tiny models, one sampler + decode + SaveImage per entry of
-    `runs` (label -> {"mode": stitch mode, "context": bool}); the last entry also keeps the SaveVideo.
-    Two references come along, decoded by the stock VAEDecode: `vae_bicubic`, the Upscale & Encode latent
-    the sampler starts from (what t0 = 0 would give), and `vae_hr`, the HR clip through the VAE (the best
-    any latent result can look with this VAE)."""
+    `runs` (label -> {"mode": stitch mode, "context": bool, "adapter": adapter file through the loader
+    node}); the last entry also keeps the SaveVideo. Two references come along, decoded by the stock
+    VAEDecode: `vae_bicubic`, the Upscale & Encode latent the sampler starts from (what t0 = 0 would give),
+    and `vae_hr`, the HR clip through the VAE (the best any latent result can look with this VAE). With
+    `latents`, every result's and reference's latent is saved as well (SaveLatent, same labels)."""
     prompt = tiny_prompt(WORKFLOW, object_info, steps=cfg.steps)
     prompt = override(prompt, "UNETLoader", unet_name=f"{DIT_NAME}.safetensors")
     prompt = override(prompt, "VAELoader", vae_name=f"{VAE_NAME}.safetensors")
@@ -87,6 +90,12 @@ def compare_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: CompareCo
         prompt[sid]["inputs"]["stitcher"] = [st, 0]
         if not run.get("context", True):
             prompt[sid]["inputs"].pop("context", None)
+        if run.get("adapter"):
+            prompt[f"9{i}5"] = {
+                "class_type": "PatchVSR_AdapterLoader",
+                "inputs": {"model": prompt[sampler]["inputs"]["model"], "adapter_name": run["adapter"]},
+            }
+            prompt[sid]["inputs"]["adapter"] = [f"9{i}5", 0]
         prompt[dec] = json.loads(json.dumps(prompt[decode]))
         prompt[dec]["inputs"]["samples"] = [sid, 0]
         prompt[f"9{i}3"] = {
@@ -103,6 +112,13 @@ def compare_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: CompareCo
             "class_type": "SaveImage",
             "inputs": {"images": [nid, 0], "filename_prefix": f"cmp/{label}"},
         }
+    if latents:
+        sources = {**{label: f"9{i}0" for i, label in enumerate(labels)}, "vae_hr": "982", "vae_bicubic": upscale}
+        for j, (label, src) in enumerate(sources.items()):
+            prompt[f"99{j}"] = {
+                "class_type": "SaveLatent",
+                "inputs": {"samples": [src, 0], "filename_prefix": f"cmp/{label}"},
+            }
     # The shipped graph's own sampler/decode now feed only the video of the last run.
     video = ids["CreateVideo"]
     prompt[video]["inputs"]["images"] = [f"9{len(labels) - 1}2", 0]
@@ -111,8 +127,11 @@ def compare_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: CompareCo
     return prune(prompt, object_info)
 
 
-def run_compare(server, cfg: CompareConfig, runs: dict[str, dict]) -> tuple[dict[str, np.ndarray], list[Path]]:
-    """Runs the comparison; returns label -> [N, H, W, 3] frames (plus "hr", "lr", "bicubic") and the mp4s."""
+def run_compare(
+    server, cfg: CompareConfig, runs: dict[str, dict], latents: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, np.ndarray], list[Path]]:
+    """Runs the comparison; returns label -> [N, H, W, 3] frames (plus "hr", "lr", "bicubic") and the mp4s.
+    A dict passed as `latents` is filled with label -> saved latent (the runs', "vae_hr", "vae_bicubic")."""
     from PIL import Image
 
     from .proof import write_mp4
@@ -121,7 +140,8 @@ def run_compare(server, cfg: CompareConfig, runs: dict[str, dict]) -> tuple[dict
     name = f"heldout_{Path(cfg.photo).stem}"
     write_mp4(server.input_dir / f"{name}_lr.mp4", lr)
     write_mp4(server.input_dir / f"{name}_hr.mp4", hr)
-    result = server.run(compare_prompt(server.object_info(), f"{name}_lr.mp4", f"{name}_hr.mp4", cfg, runs))
+    prompt = compare_prompt(server.object_info(), f"{name}_lr.mp4", f"{name}_hr.mp4", cfg, runs, latents is not None)
+    result = server.run(prompt)
     if result.status != "success":
         raise RuntimeError(f"comparison run {result.status}: {json.dumps(result.error)[:3000]}")
     out: dict[str, np.ndarray] = {"hr": hr, "lr": lr, "bicubic": bicubic(lr, cfg.hr_hw)}
@@ -130,6 +150,13 @@ def run_compare(server, cfg: CompareConfig, runs: dict[str, dict]) -> tuple[dict
         frames = [p for p in pngs if re.fullmatch(rf"{label}_\d+_\.png", p.name)]
         assert len(frames) == cfg.frames, f"{label}: {len(frames)} PNG frames, expected {cfg.frames}"
         out[label] = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in frames])
+    if latents is not None:
+        from safetensors.torch import load_file
+
+        for p in result.files(server.output_dir, ".latent"):
+            label = re.fullmatch(r"(.+)_\d+_\.latent", p.name)
+            if label:
+                latents[label.group(1)] = load_file(str(p))["latent_tensor"]
     return out, result.files(server.output_dir, ".mp4")
 
 

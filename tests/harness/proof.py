@@ -167,24 +167,35 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
     return out
 
 
-def train_adapter(models_dir: Path, base: Path, train_dir: Path, work: Path, cfg: ProofConfig) -> tuple[Path, str]:
-    """The command line trainer, as a studio would run it; returns the adapter and the trainer's output."""
-    out = models_dir / "patchvsr" / f"{ADAPTER_NAME}.safetensors"
+def run_trainer(model: Path, vae: Path, data: Path, out: Path, work: Path, *, steps: int, lr: float, crop, frames: int,
+                cond_noise, seed: int, rank: int = 8) -> str:  # fmt: skip
+    """The command line trainer at scale 2, as a studio would run it; returns its output."""
     cmd = [
-        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()), "--model", str(base),
-        "--vae", str(models_dir / "vae" / f"{VAE.name}.safetensors"), "--data", str(train_dir), "--out", str(out),
-        "--work", str(work / f"train-{cfg.key()}"), "--steps", str(cfg.adapter_steps), "--lr", str(cfg.adapter_lr),
-        "--lora-rank", "8", "--crop", str(cfg.crop[0]), str(cfg.crop[1]), "--max-frames", str(cfg.frames),
-        "--scale", "2", "2", "--cond-noise", *map(str, cfg.cond_noise), "--val-every", "250", "--ckpt-every", "500", "--seed", str(cfg.seed),
+        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()), "--model", str(model),
+        "--vae", str(vae), "--data", str(data), "--out", str(out), "--work", str(work), "--steps", str(steps),
+        "--lr", str(lr), "--lora-rank", str(rank), "--crop", str(crop[0]), str(crop[1]), "--max-frames", str(frames),
+        "--scale", "2", "2", "--cond-noise", *map(str, cond_noise), "--val-every", "250", "--ckpt-every", "500",
+        "--seed", str(seed),
         "--overwrite",  # a rerun replaces the adapter (a matching checkpoint is resumed)
-        # fp32: on this CPU bf16 trains about 2x slower (no bf16 matrix units); what the proof shows does not
+        # fp32: on this CPU bf16 trains about 2x slower (no bf16 matrix units); what the proofs show does not
         # depend on it, and test_each_precision_trains_like_fp32 shows bf16 trains like fp32.
         "--precision", "fp32",
     ]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
         raise RuntimeError(f"the trainer failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
-    return out, run.stdout
+    return run.stdout
+
+
+def train_adapter(models_dir: Path, base: Path, train_dir: Path, work: Path, cfg: ProofConfig) -> tuple[Path, str]:
+    """The proof's adapter on the pre-trained base; returns the adapter and the trainer's output."""
+    out = models_dir / "patchvsr" / f"{ADAPTER_NAME}.safetensors"
+    stdout = run_trainer(
+        base, models_dir / "vae" / f"{VAE.name}.safetensors", train_dir, out, work / f"train-{cfg.key()}",
+        steps=cfg.adapter_steps, lr=cfg.adapter_lr, crop=cfg.crop, frames=cfg.frames, cond_noise=cfg.cond_noise,
+        seed=cfg.seed,
+    )  # fmt: skip
+    return out, stdout
 
 
 def proof_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: ProofConfig) -> dict:
