@@ -4,7 +4,7 @@ Pure PyTorch and Pillow. Dimension legend: N frames, C channels (RGB), H rows, W
 
 The photographs are scikit-image's bundled samples (skimage/data, all public domain or CC0: see
 tests/tiny/README.md). Two are held out from every training run and committed under tests/assets/heldout/
-so the demo and the tests need no scikit-image.
+so the demo needs no scikit-image.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def skimage_data() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
         raise RuntimeError(
-            "scikit-image is not installed: `pip install --target DIR scikit-image` and put DIR on PYTHONPATH"
+            "scikit-image is not installed: `bash .ci/bootstrap` installs it into the test venvs (its photographs "
+            "only, --no-deps)"
         )
     return Path(spec.origin).parent / "data"
 

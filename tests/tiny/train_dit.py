@@ -3,7 +3,7 @@ of camera-move clips (crops at the sampler's patch size), so that the training-f
 bicubic-upscaled latent moves it towards sharp photographs. Fixed seed; 3000 steps on 96 clips of 9 frames
 (3 latent frames), about 16 minutes on one thread of the 2-core machine.
 
-    cd tests && PYTHONPATH=/tmp/skimg ../.venv/bin/python -m tiny.train_dit     # after tiny.train_vae
+    cd tests && ../.venv/bin/python -m tiny.train_dit     # after tiny.train_vae
 
 Writes tests/assets/models/diffusion_models/patchvsr-tiny-wan21-t2v-photo.safetensors (fp16) and prints
 its sha256.
