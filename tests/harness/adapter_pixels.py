@@ -74,7 +74,7 @@ def make_data(root: Path, cfg: PixelProofConfig) -> Path:
         for k in range(cfg.clips_per_photo):
             lo, hi = cfg.photo_scale
             scale = lo + (hi - lo) * float(torch.rand((), generator=gen))
-            clip = camera_clip(photo, cfg.clip_hw, cfg.frames, gen, scale=scale)  # drawn even when cached
+            clip = camera_clip(photo, cfg.clip_hw, cfg.frames, gen, scale=scale, inside=True)  # drawn even if cached
             path = folder / f"{Path(name).stem}_{k}.mp4"
             if not path.exists():
                 write_mp4(path, clip.permute(0, 2, 3, 1).numpy())

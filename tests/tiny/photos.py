@@ -56,13 +56,22 @@ def load_photo(path: Path) -> torch.Tensor:
 
 
 def camera_clip(
-    photo: torch.Tensor, size: tuple[int, int], frames: int, gen: torch.Generator, scale: float | None = None
+    photo: torch.Tensor,
+    size: tuple[int, int],
+    frames: int,
+    gen: torch.Generator,
+    scale: float | None = None,
+    inside: bool = False,
 ) -> torch.Tensor:
     """[N, 3, H, W] in [0, 1]: a virtual camera of `size` pixels pans and zooms over `photo` [3, Hp, Wp].
 
     `scale` is how many photo pixels one clip pixel spans at the first frame (drawn in [1, 2.5] when None:
     every photo is seen at several detail densities). Per frame the camera moves by up to 3 clip pixels and
-    zooms by up to 3 %, as a handheld pan or a slow zoom would."""
+    zooms by up to 3 %, as a handheld pan or a slow zoom would. With `inside` the pan is slowed and a zoom
+    out bounded where the photo is too small for them, so the view never leaves the photo (without it a
+    long clip over a small photo runs past the edge and repeats the border pixels; the committed tiny
+    models were trained on clips made without it, so it stays off for their trainers, which must reproduce
+    them)."""
     _, hp, wp = photo.shape
     h, w = size
 
@@ -73,8 +82,13 @@ def camera_clip(
     s = min(s, 0.95 * hp / h, 0.95 * wp / w)  # the whole view stays inside the photo
     zoom = math.exp(u(-0.03, 0.03)) if u(0, 1) < 0.5 else 1.0
     vy, vx = u(-3, 3) * s, u(-3, 3) * s  # photo pixels per frame
+    if inside and frames > 1:  # a zoom out ends no wider than the photo allows (zooms in are left alone)
+        zoom = min(zoom, (0.95 * min(hp / h, wp / w) / s) ** (1 / (frames - 1)))
     s_end = s * zoom ** (frames - 1)
     margin_y, margin_x = max(s, s_end) * h / 2, max(s, s_end) * w / 2
+    if inside and frames > 1:
+        vy = math.copysign(min(abs(vy), max(0.0, hp - 2 * margin_y) / (frames - 1)), vy)
+        vx = math.copysign(min(abs(vx), max(0.0, wp - 2 * margin_x) / (frames - 1)), vx)
     travel_y, travel_x = abs(vy) * (frames - 1), abs(vx) * (frames - 1)
     cy = u(margin_y + travel_y / 2, max(margin_y + travel_y / 2, hp - margin_y - travel_y / 2))
     cx = u(margin_x + travel_x / 2, max(margin_x + travel_x / 2, wp - margin_x - travel_x / 2))
@@ -101,9 +115,9 @@ def camera_clip(
 
 def heldout_clip(name: str, size: tuple[int, int], frames: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     """[N, 3, H, W] a fixed camera move over a committed held-out photo, `scale` photo pixels per clip pixel
-    (1 is the sharpest the photo has)."""
+    (1 is the sharpest the photo has), kept inside the photo."""
     photo = load_photo(ASSETS / "heldout" / name)
-    return camera_clip(photo, size, frames, torch.Generator().manual_seed(seed), scale=scale)
+    return camera_clip(photo, size, frames, torch.Generator().manual_seed(seed), scale=scale, inside=True)
 
 
 def area_down(frames: torch.Tensor, factor: int) -> torch.Tensor:
