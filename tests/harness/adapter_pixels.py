@@ -39,6 +39,7 @@ class PixelProofConfig:
     frames: int = 5
     photo_scale: tuple[float, float] = (1.0, 2.0)  # photo pixels per clip pixel, drawn per clip
     clips_per_photo: int = 1  # one clip from each of the 12 training photographs
+    inside: bool = True  # the camera stays inside the photo (tiny.photos.camera_clip); part of the cache key
     steps: int = 1000
     lr: float = 5e-4  # tiny models learn at rates a 1.3B model would not survive (paper: 1e-5)
     crop: tuple[int, int] = (128, 128)  # the trained DiT's native size (it was trained on 16x16-cell crops)
@@ -74,7 +75,8 @@ def make_data(root: Path, cfg: PixelProofConfig) -> Path:
         for k in range(cfg.clips_per_photo):
             lo, hi = cfg.photo_scale
             scale = lo + (hi - lo) * float(torch.rand((), generator=gen))
-            clip = camera_clip(photo, cfg.clip_hw, cfg.frames, gen, scale=scale, inside=True)  # drawn even if cached
+            # Drawn even when the file is cached, so every clip's draws stay the same.
+            clip = camera_clip(photo, cfg.clip_hw, cfg.frames, gen, scale=scale, inside=cfg.inside)
             path = folder / f"{Path(name).stem}_{k}.mp4"
             if not path.exists():
                 write_mp4(path, clip.permute(0, 2, 3, 1).numpy())

@@ -34,7 +34,6 @@ def test_without_inside_the_same_pans_leave_the_photo():
     # The check above can fail: the unbounded camera (kept for the committed models' trainers) does leave.
     photo = coordinate_photo(120, 170)
     left = [
-        leaves_photo(camera_clip(photo, (96, 144), 33, torch.Generator().manual_seed(s), scale=1.0))
-        for s in range(8)
+        leaves_photo(camera_clip(photo, (96, 144), 33, torch.Generator().manual_seed(s), scale=1.0)) for s in range(8)
     ]
     assert any(left), left
