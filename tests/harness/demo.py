@@ -1,7 +1,7 @@
 """The main job, headless: the shipped 2K workflow through a real ComfyUI server on the tiny models trained
 here (harness/trained.py), on a held-out clip, with a side-by-side picture of the results.
 
-    bash .ci/demo                       # trained tiny models, held-out clip, 2x: mp4 + side-by-side PNG + seam zoom
+    bash .ci/demo                       # trained tiny models, 17-frame held-out clip, 2x: mp4 + side-by-side PNG + seam zoom
     bash .ci/demo --full-2k             # also the workflow at its 2K preset on the trained models (slower)
     bash .ci/demo workflows/patchvsr_t2v_to_2k.json --frames 5 --steps 2    # any shipped workflow, trained models
     bash .ci/demo --random              # the 2K workflow as shipped, random tiny models, synthetic clip
@@ -30,12 +30,17 @@ from .workflow import override
 
 DEFAULT_WORKFLOW = REPO / "workflows" / "patchvsr_2k_from_video.json"
 MODES = {"naive": {"mode": "naive"}, "weighted": {"mode": "weighted"}, "shifted": {"mode": "shifted"}}
+# Frames when --frames is not given: the comparison makes a one-second video (16 fps; 90 s on the idle 2-core
+# machine); the 2K preset and the random models keep 5, since their full-size decode dominates the time.
+COMPARE_FRAMES, OTHER_FRAMES = 17, 5
 
 
 def compare(server, args) -> int:
     from . import figures, pixel_eval
 
-    cfg = pixel_eval.CompareConfig(frames=args.frames, steps=max(args.steps, 4), patch_px=args.patch, t0=args.t0)
+    cfg = pixel_eval.CompareConfig(
+        frames=args.frames or COMPARE_FRAMES, steps=max(args.steps, 4), patch_px=args.patch, t0=args.t0
+    )
     frames, videos = pixel_eval.run_compare(server, cfg, MODES)
     plan = pixel_eval.plan_of(cfg)
     scores = pixel_eval.measures(plan, frames)
@@ -59,9 +64,10 @@ def plain(server, workflow: Path, args, lr_clip: str | None) -> int:
     from . import pixel_eval
     from .proof import write_mp4
 
-    _, lr = pixel_eval.heldout_pair(pixel_eval.CompareConfig(frames=args.frames))
+    frames = args.frames or OTHER_FRAMES
+    _, lr = pixel_eval.heldout_pair(pixel_eval.CompareConfig(frames=frames))
     write_mp4(server.input_dir / INPUT_CLIP, lr)
-    prompt = tiny_prompt(workflow, server.object_info(), steps=args.steps, t2v_size=(256, 144, args.frames))
+    prompt = tiny_prompt(workflow, server.object_info(), steps=args.steps, t2v_size=(256, 144, frames))
     prompt = override(prompt, "UNETLoader", unet_name=f"{DIT_NAME}.safetensors")
     prompt = override(prompt, "VAELoader", vae_name=f"{VAE_NAME}.safetensors")
     kinds = {n["class_type"] for n in prompt.values()}
@@ -92,8 +98,9 @@ def random_models(workflow: Path, models: Path, args) -> int:
     shutil.rmtree(base / "output", ignore_errors=True)
     started = time.monotonic()
     with ComfyServer(base, models) as server:
-        make_clip(server.input_dir / INPUT_CLIP, frames=args.frames)
-        prompt = tiny_prompt(workflow, server.object_info(), steps=args.steps, t2v_size=(256, 144, args.frames))
+        frames = args.frames or OTHER_FRAMES
+        make_clip(server.input_dir / INPUT_CLIP, frames=frames)
+        prompt = tiny_prompt(workflow, server.object_info(), steps=args.steps, t2v_size=(256, 144, frames))
         print(f"running {workflow.name} on the tiny models through {server.url} ...", flush=True)
         result = server.run(prompt)
         if result.status != "success":
@@ -112,7 +119,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", nargs="?", type=Path, default=DEFAULT_WORKFLOW)
     parser.add_argument("--out", type=Path, default=REPO / "output", help="folder the mp4 and PNGs are written to")
-    parser.add_argument("--frames", type=int, default=5, help="frames of the held-out clip (1 + 4k)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help=f"frames of the clip (1 + 4k; default {COMPARE_FRAMES} for the comparison, {OTHER_FRAMES} otherwise)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="sampling steps (at least 4 for the comparison)")
     parser.add_argument("--t0", type=float, default=0.3, help="the sampler's start time (SDEdit strength)")
     parser.add_argument("--patch", type=int, default=128, help="patch size in pixels (the tiny DiT's native 128)")

@@ -30,10 +30,10 @@ def test_trained_adapter_beats_training_free_and_bicubic(server, tiny_models, ca
 
 
 def test_trained_adapter_beats_training_free_in_pixels(server, tiny_models, capsys):
-    # Measured (pinned host; 0.33 within 0.02 dB): validation loss 0.761 -> 0.138; PSNR against HR,
-    # training-free -> adapter, coffee 19.35 -> 20.76 and chelsea 22.46 -> 24.53 dB (HR through the VAE:
-    # 21.10 and 24.84); against HR through the VAE 23.96 -> 32.94 and 25.78 -> 34.09; latent 26.98 -> 33.32
-    # and 26.18 -> 33.52 dB; gradient PSNR 24.92 -> 25.09 and 28.76 -> 29.06. 232 s (pinned), 319 s (0.33).
+    # Measured (pinned host, 2026-12-01): validation loss 0.761 -> 0.136; PSNR against HR, training-free ->
+    # adapter, coffee 19.63 -> 21.08 and chelsea 22.44 -> 24.58 dB (HR through the VAE: 21.44 and 24.82);
+    # against HR through the VAE 24.38 -> 33.07 and 25.69 -> 34.14; latent 27.21 -> 33.53 and 25.47 -> 33.00
+    # dB; gradient PSNR 25.06 -> 25.22 and 28.63 -> 28.90. 250 s with the training.
     lines = []
     scores, vals = adapter_pixels.run_proof(server, tiny_models, WORK / "adapter-pixels", log=lines.append)
     with capsys.disabled():
