@@ -2,7 +2,7 @@
 trainer, then upscale held-out clips 2x in the real ComfyUI server three ways (bicubic, training-free
 PatchVSR, PatchVSR with the adapter through its loader node) and compare each with the HR clip.
 
-    cd tests && ../.venv/bin/python -m harness.proof      # about 7 minutes on 2 cores; prints the table
+    cd tests && ../.venv/bin/python -m harness.proof      # about 4 minutes on 2 cores; prints the table
 
 The data: moving flat-coloured rectangles over a background, every surface carrying a fine 1-pixel
 checker texture. Downscaling by 2 erases the texture, bicubic cannot bring it back, and a model that has
