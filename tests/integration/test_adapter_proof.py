@@ -33,7 +33,7 @@ def test_trained_adapter_beats_training_free_in_pixels(server, tiny_models, caps
     # Measured (pinned host, 2026-12-01): validation loss 0.761 -> 0.136; PSNR against HR, training-free ->
     # adapter, coffee 19.63 -> 21.08 and chelsea 22.44 -> 24.58 dB (HR through the VAE: 21.44 and 24.82);
     # against HR through the VAE 24.38 -> 33.07 and 25.69 -> 34.14; latent 27.21 -> 33.53 and 25.47 -> 33.00
-    # dB; gradient PSNR 25.06 -> 25.22 and 28.63 -> 28.90. 250 s with the training.
+    # dB; gradient PSNR 25.06 -> 25.22 and 28.63 -> 28.90. 209 s (pinned) / 228 s (0.33) with the training.
     lines = []
     scores, vals = adapter_pixels.run_proof(server, tiny_models, WORK / "adapter-pixels", log=lines.append)
     with capsys.disabled():
