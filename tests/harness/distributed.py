@@ -97,7 +97,7 @@ def run(jobs: list, train: list[Path], val: list[Path], out: Path, size: int = 2
         except mp.ProcessExitedException as e:
             # A Python exception in a rank fails at once. A rank killed by a signal is a crash inside torch's
             # native code (one SIGSEGV in CI on ComfyUI 0.33 on 2026-12-01 after many green runs; none in 48
-            # reruns here, with or without a CPU hog beside them), not a result of the trainer: the warning
+            # reruns here, with or without a CPU hog beside them); its cause is not known: the warning
             # carries the rank's Python stacks, and the jobs run once more from scratch (checkpoints wiped, or
             # the rerun would resume them). A second crash fails the test.
             if e.signal_name is None:
