@@ -1,7 +1,7 @@
 // Frontend extension of ComfyUI-PatchVSR, served by ComfyUI from WEB_DIRECTORY ("./js"):
 // 1. one colour for the pack's nodes, so the PatchVSR chain stands out in a large workflow;
 // 2. the partitioner's cost text (computed by the server, nodes/partition.py) shown on the node, with the
-//    total for the PatchVSR sampler connected to its plan, from the server's per-step counts and the
+//    total for the PatchVSR sampler connected to its plan, looked up in the server's run totals by the
 //    sampler's and stitcher's current widgets (so it follows them before the next run).
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
@@ -34,17 +34,15 @@ function stitcherOf(sampler) {
   return link ? graph.getNodeById(link.origin_id) : null;
 }
 
-// Patch evaluations of a run, as models/cost.py total_evaluations counts them.
-export function runTotal(perStep, mode, steps, cfg) {
-  let total = 0;
-  for (let i = 0; i < steps; i++) {
-    if (mode === "shifted" && i < steps - perStep.weighted_tail) total += perStep.shifted[i % 2];
-    else total += perStep[mode === "shifted" ? "weighted" : mode];
-  }
+// Patch evaluations of a run: the server's total for this mode and step count (models/cost.py run_totals,
+// counted by the sampler's own schedule), twice that when cfg != 1 adds an uncond row per patch.
+export function runTotal(totals, mode, steps, cfg) {
+  const total = totals?.[mode]?.[steps - 1];
+  if (total === undefined) return null;
   return cfg === 1 ? total : 2 * total;
 }
 
-function connectedRuns(node, perStep) {
+function connectedRuns(node, totals) {
   return targets(node, 0)
     .filter((n) => n.comfyClass === "PatchVSR_Sampler")
     .map((sampler) => {
@@ -52,14 +50,15 @@ function connectedRuns(node, perStep) {
       const cfg = Number(widgetValue(sampler, "cfg"));
       // No stitcher: the sampler's default, models/blend.py StitchConfig's (shifted).
       const mode = widgetValue(stitcherOf(sampler), "mode") ?? "shifted";
-      const total = runTotal(perStep, mode, steps, cfg);
+      const total = runTotal(totals, mode, steps, cfg);
+      if (total === null) return `Connected sampler: ${steps} steps, ${mode} stitch.`;
       return `Connected sampler: ${steps} steps, cfg ${cfg}, ${mode} stitch: ${total} patch evaluations in total.`;
     });
 }
 
 function costLines(node) {
-  const { text, perStep } = node.patchvsrCost;
-  return [text, ...connectedRuns(node, perStep)].join("\n");
+  const { text, totals } = node.patchvsrCost;
+  return [text, ...connectedRuns(node, totals)].join("\n");
 }
 
 function showCost(node) {
@@ -101,12 +100,12 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       if (message?.text?.[0] && message?.patchvsr_cost?.[0]) {
-        this.patchvsrCost = { text: message.text[0], perStep: message.patchvsr_cost[0] };
+        this.patchvsrCost = { text: message.text[0], totals: message.patchvsr_cost[0] };
         showCost(this);
       }
     };
-    // The connected-run total follows the sampler's and stitcher's widgets: recounted as the node draws
-    // (a few additions per step), rewritten only when it changes.
+    // The connected-run total follows the sampler's and stitcher's widgets: looked up again as the node
+    // draws, rewritten only when it changes.
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function () {
       onDrawForeground?.apply(this, arguments);

@@ -90,3 +90,15 @@ def anchor_low_frequency(x0: torch.Tensor, global_lp: torch.Tensor, strength: fl
         return x0
     x = x0.float()
     return (x + strength * (global_lp.float() - lowpass(x, sigma))).to(x0.dtype)
+
+
+def anchored_velocity(
+    v: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor, global_lp: torch.Tensor, strength: float, sigma: float
+) -> torch.Tensor:
+    """v, x: [B, C, t, h, w] a patch's predicted velocity and its input at flow times sigmas [B]; global_lp:
+    the global view's low frequencies over the patch -> the velocity whose clean estimate x0 = x - sigma v
+    (rectified flow) has its low frequencies anchored (anchor_low_frequency). All in float32: in bf16, x - x0
+    loses the small offset at low sigma."""
+    s = sigmas.view(-1, 1, 1, 1, 1).to(v.device, torch.float32)
+    x0 = anchor_low_frequency(x.float() - s * v.float(), global_lp, strength, sigma)
+    return ((x.float() - x0) / s.clamp_min(1e-6)).to(v.dtype)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .blend import StitchConfig, StitchMode, patch_list
-from .plan import Kind, PatchPlan, shifted_grids
+from .blend import StitchConfig, StitchMode
+from .joint import FusionSchedule
+from .memory import sampler_frames
+from .plan import Kind, PatchPlan, Window
 
 DIT_PATCH = (1, 2, 2)  # Wan's DiT makes one token of 1 x 2 x 2 latent cells (t, h, w)
 FLOAT32 = 4
@@ -28,18 +30,32 @@ class DitSize:
 
 
 def evaluations_per_step(plan: PatchPlan, stitch: StitchConfig, steps: int) -> list[int]:
-    """Patch evaluations of each sampling step at one model evaluation per step and cfg 1, as
-    joint.FusionSchedule.at picks the step's patches (without building its weights)."""
-    full = len(patch_list(plan, stitch))
-    if stitch.mode != StitchMode.SHIFTED:
-        return [full] * steps
-    grids = [len(g.base_boxes()) * len(g.windows) for g in shifted_grids(plan, *stitch.grid_args())]
-    return [full if i >= steps - stitch.weighted_tail else grids[i % len(grids)] for i in range(steps)]
+    """Patch evaluations of each sampling step at one model evaluation per step and cfg 1: the patches
+    joint.FusionSchedule runs at that step (its weights are not built)."""
+    return FusionSchedule.build(plan, stitch, None).patches_per_step(steps)
 
 
 def total_evaluations(plan: PatchPlan, stitch: StitchConfig, steps: int, cfg: float) -> int:
     """Patch evaluations of a whole run with a first-order sampler (one model evaluation per step)."""
     return sum(evaluations_per_step(plan, stitch, steps)) * (1 if cfg == 1.0 else 2)
+
+
+# Step counts whose totals the cost text shows: few-step runs (distilled LoRAs at cfg 1), then 20 and 50.
+SHOWN_STEPS = (4, 8, 20, 50)
+
+
+def patch_tokens(window, box) -> int:
+    """DiT tokens of one patch: its latent cells in 1 x 2 x 2 tokens, a partial token counted whole."""
+    return -(-window.length // DIT_PATCH[0]) * -(-box.height // DIT_PATCH[1]) * -(-box.width // DIT_PATCH[2])
+
+
+def token_ratio(plan: PatchPlan, stitch: StitchConfig, steps: int) -> float:
+    """DiT tokens per step of a `steps`-step run, over the clip's own (the base grid run once over it)."""
+    schedule = FusionSchedule.build(plan, stitch, None)
+    per_layout = [sum(patch_tokens(*p) for batch in jm.batches for p in batch) for jm in schedule.layouts]
+    whole = Window(0, plan.latent_shape[0])  # the clip once, without the paper's window overlaps
+    frame = sum(patch_tokens(whole, b) for b in plan.base_boxes())
+    return sum(per_layout[schedule.index(i, steps)] for i in range(steps)) / steps / frame
 
 
 def tokens(plan: PatchPlan) -> int:
@@ -63,11 +79,6 @@ def latent_bytes(plan: PatchPlan) -> int:
     return channels * T * H * W * FLOAT32
 
 
-# The sampler holds about this many full-size latents at once: the input, the noise, the sampler's x and
-# its denoised prediction, the accumulator's weighted sum, and a multistep sampler's history.
-LATENTS_HELD = 6
-
-
 def video_bytes(plan: PatchPlan) -> int:
     """The decoded output as ComfyUI's IMAGE (frames x H x W x 3 float32), held whole by the video nodes."""
     g = plan.geometry
@@ -78,18 +89,19 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def per_step(plan: PatchPlan) -> dict:
-    """Patch evaluations per step of each stitch mode (cfg 1), for the frontend's total of a connected run:
-    SHIFTED's steps take `shifted[i % 2]`, its last `weighted_tail` steps `weighted`."""
-    shifted = StitchConfig(StitchMode.SHIFTED)
-    grids = evaluations_per_step(plan, shifted, 3)[:2]
-    return {
-        "weighted": len(patch_list(plan, StitchConfig(StitchMode.WEIGHTED))),
-        "average": len(patch_list(plan, StitchConfig(StitchMode.AVERAGE))),
-        "naive": len(patch_list(plan, StitchConfig(StitchMode.NAIVE))),
-        "shifted": grids,
-        "weighted_tail": shifted.weighted_tail,
-    }
+# Steps the frontend can look totals up for: the sampler's `steps` widget goes to 1000.
+MAX_STEPS = 1000
+
+
+def run_totals(plan: PatchPlan, max_steps: int = MAX_STEPS) -> dict[str, list[int]]:
+    """{mode: [patch evaluations of a run of 1, 2, ..., max_steps steps at cfg 1]}, for the frontend's
+    total of a connected sampler (js/patchvsr.js looks it up: no second copy of the per-step rule there)."""
+    out = {}
+    for mode in StitchMode:
+        schedule = FusionSchedule.build(plan, StitchConfig(mode), None)
+        counts = [jm.num_patches for jm in schedule.layouts]
+        out[mode.value] = [sum(counts[schedule.index(i, s)] for i in range(s)) for s in range(1, max_steps + 1)]
+    return out
 
 
 def cost_text(plan: PatchPlan, dit: DitSize | None = None, rows: int = 2) -> str:
@@ -112,17 +124,23 @@ def cost_text(plan: PatchPlan, dit: DitSize | None = None, rows: int = 2) -> str
     lines.append(
         f"{len(plan.windows)} temporal window(s) of up to {max(w.length for w in plan.windows)} latent frames."
     )
-    n = per_step(plan)
-    a, b = n["shifted"]
+    counts = {
+        m: [jm.num_patches for jm in FusionSchedule.build(plan, StitchConfig(m), None).layouts] for m in StitchMode
+    }
+    *rotation, final = counts[StitchMode.SHIFTED]
     lines.append(
         "DiT patch evaluations per step (one model call per step, e.g. euler; x2 when cfg != 1): "
-        f"weighted / average {n['weighted']}; shifted {a} and {b} on alternating steps (white dotted: the moved "
-        f"grid), {n['weighted']} on the last; naive {n['naive']}."
+        f"weighted / average {counts[StitchMode.WEIGHTED][0]}; naive {counts[StitchMode.NAIVE][0]}; shifted "
+        f"{' / '.join(map(str, rotation))} in turn (base grid, white dotted moved grid), {final} on the last step "
+        "(cells centred on the base grid's borders)."
     )
-    lines.append(
-        f"Per run of S steps at cfg 1: weighted S x {n['weighted']}; shifted {n['weighted']} + "
-        f"{a} x ceil((S-1)/2) + {b} x floor((S-1)/2); twice that at cfg != 1."
+    runs = "; ".join(
+        f"{s} steps: weighted {total_evaluations(plan, StitchConfig(StitchMode.WEIGHTED), s, 1.0)}, shifted "
+        f"{total_evaluations(plan, StitchConfig(StitchMode.SHIFTED), s, 1.0)} ({token_ratio(plan, StitchConfig(), s):.2f}x "
+        "the frame's tokens per step)"
+        for s in SHOWN_STEPS
     )
+    lines.append(f"Per run at cfg 1 (x2 at cfg != 1): {runs}.")
     if dit is not None:
         lines.append(
             f"Memory estimate: DiT about {_size(dit_peak_bytes(plan, dit, rows))} ({_size(dit.weight_bytes)} weights "
@@ -130,7 +148,9 @@ def cost_text(plan: PatchPlan, dit: DitSize | None = None, rows: int = 2) -> str
         )
     if g is not None:
         lines.append(
-            f"Full-frame tensors: latent {_size(latent_bytes(plan))} each (the sampler holds about {LATENTS_HELD}); "
+            f"Full-frame tensors: latent {_size(latent_bytes(plan))} each; the sampler keeps {sampler_frames(1, False)} "
+            f"of them at cfg 1, {sampler_frames(2, False)} at cfg != 1, one more with the global context "
+            f"({_size(sampler_frames(1, False) * latent_bytes(plan))} to {_size(sampler_frames(2, True) * latent_bytes(plan))}); "
             f"decoded video {_size(video_bytes(plan))} (frames x H x W x 3 float32)."
         )
     return "\n".join(lines)

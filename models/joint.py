@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from einops import rearrange
 
-from .blend import Accumulator, StitchConfig, StitchMode, patch_list, weight_volume
+from .blend import Accumulator, StitchConfig, StitchMode, grid_patches, patch_list, profile_volume, weight_volume
 from .memory import BatchSizer
-from .plan import Box, PatchPlan, Window, shifted_grids
+from .plan import Box, PatchPlan, Window, final_grid, shifted_grids
 
 Patch = tuple[Window, Box]
 # fn(x: [(B k), C, t, h, w], patches: the k patches) -> [(B k), C, t, h, w]. Rows are batch-major: the k
@@ -72,57 +73,36 @@ def _group(pairs: Sequence[Patch], batch_size: int | None) -> tuple[tuple[Patch,
     )
 
 
-def _ramp(lo: int, hi: int, length: int, fade: int) -> tuple[int, int, torch.Tensor]:
-    """One axis of a grid cell [lo, hi) of an axis of `length`, cross-faded with its neighbours over
-    `fade` cells around each border it shares: the cell grown to [lo - ceil(fade/2), hi + fade // 2) where
-    it has neighbours, and its weight, 1 inside and a linear ramp over each fade. Two neighbours' ramps sum
-    to 1 there, so the fused result is a cross-fade; every weight stays above 0 on the patch's own cells."""
-    before, after = fade - fade // 2, fade // 2  # a border at e fades over [e - before, e + after)
-    a, b = (lo - before if lo > 0 else lo), (hi + after if hi < length else hi)
-    pos = torch.arange(a, b, dtype=torch.float64) + 0.5
-    w = torch.ones(b - a, dtype=torch.float64)
-    if fade > 0 and lo > 0:
-        w = torch.minimum(w, (pos - (lo - before)) / fade)
-    if fade > 0 and hi < length:
-        w = torch.minimum(w, ((hi + after) - pos) / fade)
-    return a, b, w.float()
-
-
-def overlapped_grid(grid: PatchPlan, stitch: StitchConfig, batch_size: int | None, fade: int, fade_t: int):
-    """A joint modulation of a grid that tiles the latent (plan.shifted_grid), each cell grown into its
-    neighbours and cross-faded over `fade` cells (`fade_t` frames) around every border. Fades are capped at
-    the smallest cell, so two ramps never meet inside one cell."""
-    T, H, W = grid.latent_shape
-    boxes, windows = grid.base_boxes(), grid.windows
-    fade = min(fade, min(min(b.height, b.width) for b in boxes))
-    fade_t = min(fade_t, min(w.length for w in windows))
-    pairs, weights = [], {}
-    for win in windows:
-        t0, t1, wt = _ramp(win.t0, win.t1, T, fade_t)
-        for box in boxes:
-            y0, y1, wy = _ramp(box.y0, box.y1, H, fade)
-            x0, x1, wx = _ramp(box.x0, box.x1, W, fade)
-            p = (Window(t0, t1), Box(box.kind, y0, y1, x0, x1))
-            pairs.append(p)
-            weights[p] = wt[:, None, None] * wy[None, :, None] * wx[None, None, :]
-    return JointModulation(grid, stitch, _group(pairs, batch_size), weights)
-
-
 @dataclass(frozen=True)
 class JointModulation:
-    """The patches of a plan grouped into DiT batches, with their fusion weights precomputed once."""
+    """One layout of patches grouped into DiT batches, with the fusion weight of each; the weights are made
+    on first use (the cost text counts patches without them)."""
 
-    plan: PatchPlan
+    plan: PatchPlan  # the grid whose patches these are (for SHIFTED a rotation grid or the final grid)
     stitch: StitchConfig
     batches: tuple[tuple[Patch, ...], ...]
-    weights: dict
+    weigh: Callable[[Patch], torch.Tensor]  # a patch's [t, h, w] fusion weight (models/blend.py)
 
     @classmethod
     def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int | None) -> JointModulation:
+        """The plan's own patches (with bridging patches for WEIGHTED and AVERAGE), as fused in those modes."""
         assert batch_size is None or batch_size >= 1, f"patch batch size must be >= 1 or None, got {batch_size}"
-        pairs = patch_list(plan, stitch)
-        weights = {p: weight_volume(plan, stitch, *p) for p in pairs}
-        return cls(plan, stitch, _group(pairs, batch_size), weights)
+        return cls(
+            plan, stitch, _group(patch_list(plan, stitch), batch_size), lambda p: weight_volume(plan, stitch, *p)
+        )
+
+    @classmethod
+    def grid(cls, grid: PatchPlan, stitch: StitchConfig, batch_size: int | None, fade: int, fade_t: int | None):
+        """A grid that tiles the latent (one of SHIFTED's), each cell grown into its neighbours and
+        cross-faded over `fade` cells around every border, and over `fade_t` frames in time (None: the
+        grid's windows overlap already, as the paper's do; blend.grid_patches)."""
+        profiles = grid_patches(grid, fade, fade_t)
+        return cls(grid, stitch, _group(list(profiles), batch_size), lambda p: profile_volume(profiles[p]))
+
+    @cached_property
+    def weights(self) -> dict:
+        """{patch: [t, h, w] fusion weight}."""
+        return {p: self.weigh(p) for batch in self.batches for p in batch}
 
     @property
     def num_patches(self) -> int:
@@ -186,29 +166,49 @@ def step_index(sigma: float, schedule: Sequence[float]) -> int:
 
 @dataclass(frozen=True)
 class FusionSchedule:
-    """Which patches run and how they are fused at each sampling step.
+    """Which patches run, and how they are fused, at each sampling step: the one owner of that rule (the
+    sampler's wrapper, the cost text and the frontend's totals all ask it).
 
-    For WEIGHTED, AVERAGE and NAIVE every step runs the plan under that scheme. For SHIFTED, step i runs
-    `grids[i % len(grids)]` (one base-size grid, no overlap, borders moved between consecutive steps) and the last
-    `stitch.weighted_tail` steps run the plan under the paper's weighted scheme.
+    WEIGHTED, AVERAGE and NAIVE run the plan under that scheme at every step. SHIFTED runs one base-size
+    grid per step, no two consecutive steps sharing a border (plan.shifted_grids, used in turn so that the
+    step before the last runs the base grid), and on the last step plan.final_grid, whose cells are centred
+    on the base grid's borders, with a wider cross-fade (StitchConfig.final_fade), in the plan's own
+    overlapping windows (on a clip longer than one window the paper's temporal fusion, at the last step only).
     """
 
-    full: JointModulation  # the plan under the stitch's scheme (SHIFTED: weighted, with bridging patches)
-    grids: tuple[JointModulation, ...]  # SHIFTED's grids, used in turn; empty for the other modes
+    plan: PatchPlan  # the partitioner's plan
+    stitch: StitchConfig
+    layouts: tuple[JointModulation, ...]  # SHIFTED: the rotation grids, then the final grid; else one
 
     @classmethod
     def build(cls, plan: PatchPlan, stitch: StitchConfig, batch_size: int | None) -> FusionSchedule:
-        full = JointModulation.build(plan, stitch, batch_size)
         if stitch.mode != StitchMode.SHIFTED:
-            return cls(full, ())
-        grids = tuple(
-            overlapped_grid(grid, stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t)
-            for grid in shifted_grids(plan, *stitch.grid_args())
-        )
-        return cls(full, grids)
+            return cls(plan, stitch, (JointModulation.build(plan, stitch, batch_size),))
+        base, moved = shifted_grids(plan, *stitch.grid_args())
+        rotation = [
+            JointModulation.grid(grid, stitch, batch_size, stitch.grid_fade, stitch.grid_fade_t)
+            for grid in (*base, *moved)
+        ]
+        final = JointModulation.grid(final_grid(plan), stitch, batch_size, stitch.final_fade, None)
+        return cls(plan, stitch, (*rotation, final))
+
+    def index(self, step: int, steps: int) -> int:
+        """Layout of sampling step `step` (0-based) out of `steps`: for SHIFTED, the final grid on the last
+        step; before it, the base and moved grids alternate, counted back from the last step so that the
+        step before it always runs the base grid (half a cell from every final border), while the temporal
+        phases follow the step number."""
+        if len(self.layouts) == 1:
+            return 0
+        phases = (len(self.layouts) - 1) // 2  # layouts: base x phases, moved x phases, final
+        if step >= steps - 1:
+            return 2 * phases
+        return ((step - (steps - 2)) % 2) * phases + step % phases
 
     def at(self, step: int, steps: int) -> JointModulation:
         """The joint modulation of sampling step `step` (0-based) out of `steps`."""
-        if not self.grids or step >= steps - self.full.stitch.weighted_tail:
-            return self.full
-        return self.grids[step % len(self.grids)]
+        return self.layouts[self.index(step, steps)]
+
+    def patches_per_step(self, steps: int) -> list[int]:
+        """Patch evaluations of each step of a `steps`-step run (one model evaluation per step, one row)."""
+        counts = [jm.num_patches for jm in self.layouts]
+        return [counts[self.index(i, steps)] for i in range(steps)]

@@ -116,6 +116,18 @@ class PatchPlan:
         return sum(1 for b in self.boxes if b.kind == kind)
 
 
+def video_plan(geometry: Geometry, window_frames: int) -> PatchPlan:
+    """The plan of a video the partitioner has checked: `geometry` says its sizes in pixels (frames 1 + 4k,
+    target and patch on the stride), `window_frames` the pixel frames per temporal window (1 + 4k)."""
+    g, s = geometry, geometry.spatial_stride
+    cfg = PlanConfig(
+        (latent_frames(g.frames), g.target_hw[0] // s, g.target_hw[1] // s),
+        (g.patch_hw[0] // s, g.patch_hw[1] // s),
+        latent_frames(window_frames),
+    )
+    return make_plan(cfg, geometry=g)
+
+
 def _aligned_edges(length: int, n: int, align: int) -> list[int]:
     """n + 1 boundaries from 0 to `length`, evenly spread, interior ones on multiples of `align`."""
     edges = [0]
@@ -268,16 +280,15 @@ def _moved_edges(edges: list[int], native: int, min_cell: float, gap: int, align
 
 def shifted_grids(
     plan: PatchPlan, fade_t: int = 0, phases: int = 2, min_cell: float = 0.625, gap: int = 1
-) -> tuple[PatchPlan, ...]:
-    """The grids of the shifted-grid fusion mode, one per model evaluation in turn: base boxes only, no
-    overlap in space or time.
+) -> tuple[tuple[PatchPlan, ...], tuple[PatchPlan, ...]]:
+    """The grids the shifted stitch's steps take in turn: base boxes only, no overlap in space or time.
+    Returns (base, moved): one grid per temporal phase on each of its two spatial layouts.
 
-    In space, grids alternate between the plan's own base grid and a moved one (_moved_edges) whose interior
-    borders all sit away from the base grid's, so no border of one is a border of the next (SpotDiffusion's
-    shifted windows), and whose cells keep at least `min_cell` of the model's native size per axis, so no
-    patch is a thin strip the model never saw. Its token count is the frame's. In time, the windows rotate
-    through window_phases' borders. There are as many grids as it takes both to come round: 2, or the number
-    of temporal phases rounded up to an even one.
+    In space the steps alternate between the plan's own base grid and a moved one (_moved_edges) whose
+    interior borders all sit away from the base grid's, so no border of one is a border of the next
+    (SpotDiffusion's shifted windows), and whose cells keep at least `min_cell` of the model's native size
+    per axis, so no patch is a thin strip the model never saw. Its token count is the frame's. In time the
+    windows rotate through window_phases' borders.
     """
     cfg = plan.config
     T, H, W = cfg.latent_shape
@@ -291,42 +302,55 @@ def shifted_grids(
         ),
     ]
     times = window_phases(T, cfg.window_frames, fade_t, phases)
-    grids = []
-    for i in range(math.lcm(2, len(times))):
-        rows, cols = space[i % 2]
-        edges = times[i % len(times)]
+    out = []
+    for rows, cols in space:
         boxes = tuple(
             Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:])
         )
-        windows = tuple(Window(a, b) for a, b in zip(edges, edges[1:]))
-        grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, windows, plan.geometry)
-        assert_covers(grid)
-        grids.append(grid)
-    return tuple(grids)
+        grids = []
+        for edges in times:
+            windows = tuple(Window(a, b) for a, b in zip(edges, edges[1:]))
+            grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, windows, plan.geometry)
+            assert_covers(grid)
+            grids.append(grid)
+        out.append(tuple(grids))
+    return out[0], out[1]
 
 
-def shifted_grid(
-    plan: PatchPlan, phase: int, fade_t: int = 0, phases: int = 2, min_cell: float = 0.625, gap: int = 1
-) -> PatchPlan:
-    """Grid `phase` of shifted_grids (phase 0: the plan's own base grid; phase 1: the moved one)."""
-    grids = shifted_grids(plan, fade_t, phases, min_cell, gap)
-    assert 0 <= phase < len(grids), f"the shifted stitch has grids 0 to {len(grids) - 1}, got {phase}"
-    return grids[phase]
+def final_grid(plan: PatchPlan) -> PatchPlan:
+    """The grid of the shifted stitch's last step: base boxes only, every interior border at the centre of
+    a base cell (on the token grid), so each border of the base grid lies in the middle of one of its
+    cells, as each seam lies in the middle of a bridging patch in the paper (an axis with one base cell is
+    kept whole: it has no border to cover). Its cells reach from one base cell's centre to the next: at
+    most the native size, half of a base cell at the frame's edges. In time it keeps the plan's own
+    overlapping windows (the paper's): a cut between windows at the last step would stay in the result."""
+    cfg = plan.config
+    _, H, W = cfg.latent_shape
+
+    def centred(edges: tuple[int, ...], total: int) -> list[int]:
+        if len(edges) <= 2 or min(b - a for a, b in zip(edges, edges[1:])) < 2:  # no centre to move to
+            return list(edges)
+        return [0] + _midpoints(list(edges), cfg.align) + [total]
+
+    rows, cols = centred(plan.row_edges, H), centred(plan.col_edges, W)
+    boxes = tuple(Box(Kind.BASE, y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:]) for x0, x1 in zip(cols, cols[1:]))
+    grid = PatchPlan(cfg, tuple(rows), tuple(cols), boxes, plan.windows, plan.geometry)
+    assert_covers(grid)
+    return grid
 
 
 def assert_covers(plan: PatchPlan) -> None:
-    """Every latent cell lies in exactly one base box and in at least one window; no box leaves the frame."""
+    """Every latent cell lies in exactly one base box and in at least one window; no box leaves the frame.
+    (Boxes inside the frame that do not overlap and whose areas sum to the frame's tile it exactly.)"""
     T, H, W = plan.latent_shape
-    hits = [[0] * W for _ in range(H)]
     for b in plan.boxes:
         assert 0 <= b.y0 < b.y1 <= H and 0 <= b.x0 < b.x1 <= W, f"{b} leaves the {H}x{W} frame"
-        if b.kind == Kind.BASE:
-            for y in range(b.y0, b.y1):
-                row = hits[y]
-                for x in range(b.x0, b.x1):
-                    row[x] += 1
-    bad = [(y, x) for y in range(H) for x in range(W) if hits[y][x] != 1]
-    assert not bad, f"base grid covers {len(bad)} latent cells other than once, first {bad[:3]}"
+    base = plan.base_boxes()
+    for i, a in enumerate(base):
+        for b in base[i + 1 :]:
+            assert min(a.y1, b.y1) <= max(a.y0, b.y0) or min(a.x1, b.x1) <= max(a.x0, b.x0), f"{a} overlaps {b}"
+    area = sum(b.height * b.width for b in base)
+    assert area == H * W, f"base grid covers {area} of the {H}x{W} = {H * W} latent cells"
     covered = set()
     for w in plan.windows:
         assert 0 <= w.t0 < w.t1 <= T, f"{w} leaves the {T}-frame clip"

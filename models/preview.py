@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .blend import StitchConfig
-from .plan import Kind, PatchPlan, shifted_grid
+from .plan import Kind, PatchPlan, shifted_grids
 
 # RGB per kind: base boxes solid, auxiliary boxes dashed (PatchVSR Fig. 2 uses blue and red).
 COLOURS = {
@@ -55,7 +55,7 @@ SHIFTED_COLOUR = (1.0, 1.0, 1.0)
 
 
 def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
-    """frame: [H, W, 3] -> copy with the interior borders of a shifted grid (plan.shifted_grid) drawn thin
+    """frame: [H, W, 3] -> copy with the interior borders of a shifted grid (plan.shifted_grids) drawn thin
     and dotted, so they read apart from the plan's own boxes drawn on top."""
     img = frame.clone().float()
     H, W, _ = img.shape
@@ -73,7 +73,8 @@ def draw_shifted(frame: torch.Tensor, grid: PatchPlan) -> torch.Tensor:
 def plan_picture(frame: torch.Tensor, plan: PatchPlan) -> torch.Tensor:
     """frame: [H, W, 3] -> the partitioner's preview: the shifted stitch's moved grid (its other grid is the
     base grid) under the plan's own boxes."""
-    return draw_plan(draw_shifted(frame, shifted_grid(plan, 1, *StitchConfig().grid_args())), plan)
+    _, moved = shifted_grids(plan, *StitchConfig().grid_args())
+    return draw_plan(draw_shifted(frame, moved[0]), plan)
 
 
 def weight_picture(shares: torch.Tensor) -> torch.Tensor:

@@ -26,21 +26,20 @@ class GlobalContext:
     plan_key: tuple  # (config, geometry) of the plan it was built for, to catch a context wired to another plan
 
 
-def encode_context(plan, vae, images, latent, strength: float, noise_t: float, seed: int,
-                   anchor_with_adapter: bool = False) -> GlobalContext:  # fmt: skip
-    g = plan.geometry
-    check_vae(vae, FAMILIES[g.latent_channels])
-    images = check_lr_input(plan, images, latent)
-    ph, pw = g.patch_hw
-    s = g.spatial_stride
-    if images is not None:
-        lat = vae_encode(vae, resize_frames(images, (ph, pw)))
-    else:
-        # The T2V latent is already a whole-frame view: resize it to the patch's latent size directly.
-        lat = resize_latent(latent["samples"], (ph // s, pw // s))
+def encode_context(plan, vae, cfg: ContextConfig, seed: int, frames: torch.Tensor | None = None,
+                   latent: torch.Tensor | None = None) -> GlobalContext:  # fmt: skip
+    """The global context of the LR video given as frames [N, h, w, 3] (encoded at patch size) or as a T2V
+    latent [1, C, T, h', w'] (resized in latent space, already a whole-frame view); the context node and the
+    long-video path (one context per chunk) build it here."""
+    ph, pw = plan.geometry.patch_hw
+    s = plan.geometry.spatial_stride
+    lat = (
+        vae_encode(vae, resize_frames(frames, (ph, pw)))
+        if frames is not None
+        else resize_latent(latent, (ph // s, pw // s))
+    )
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(lat.shape, generator=gen).to(lat)
-    cfg = ContextConfig(strength=strength, noise_t=noise_t, with_adapter=anchor_with_adapter)
     masks = location_masks(plan, tuple(lat.shape[-2:]))
     return GlobalContext(cfg, lat, noise, masks, (plan.config, plan.geometry))
 
@@ -101,4 +100,8 @@ class GlobalContextEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, plan, vae, strength, noise_t, seed, images=None, latent=None,
                 anchor_with_adapter=False) -> io.NodeOutput:  # fmt: skip
-        return io.NodeOutput(encode_context(plan, vae, images, latent, strength, noise_t, seed, anchor_with_adapter))
+        check_vae(vae, FAMILIES[plan.geometry.latent_channels])
+        images = check_lr_input(plan, images, latent)
+        cfg = ContextConfig(strength=strength, noise_t=noise_t, with_adapter=anchor_with_adapter)
+        lat = latent["samples"] if latent is not None else None
+        return io.NodeOutput(encode_context(plan, vae, cfg, seed, frames=images, latent=lat))

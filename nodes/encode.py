@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
@@ -44,27 +46,20 @@ def decode_frames(vae, latent: torch.Tensor) -> torch.Tensor:
     return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
 
 
-def upscale_encode(plan, vae, images, latent, latent_mode: str, tile_px: int) -> dict:
+def encode_upscaled(plan, vae, frames: torch.Tensor, tile_px: int, progress: Progress | None = None) -> torch.Tensor:
+    """frames: [N, h, w, 3] LR RGB -> [1, C, T, H, W] raw VAE latent of their bicubic upscale to the plan's
+    target, encoded tile by tile (the upscaled video is never held whole). Cancel is checked per tile."""
     g = plan.geometry
-    check_vae(vae, FAMILIES[g.latent_channels])
-    images = check_lr_input(plan, images, latent)
     s = g.spatial_stride
-    _, H, W = plan.latent_shape
-    if latent is not None and latent_mode == "latent bicubic":
-        # Fast path: resize the latent itself; no VAE round trip, softer than re-encoding pixels.
-        return {"samples": resize_latent(latent["samples"], (H, W))}
-    frames = images if images is not None else decode_frames(vae, latent["samples"])
-    progress = Progress(1)
+    progress = progress if progress is not None else Progress(1)
+    start = progress.done
 
     def on_tile(done, total):
-        progress.set(done, total)
+        progress.set(start + done, max(progress.total, start + total))
         progress.check()
 
     tile = max(2, tile_px // s)
-    samples = encode_upscaled_tiled(
-        frames, g.target_hw, s, lambda p: vae_encode(vae, p), tile, max(1, tile // 8), on_tile
-    )
-    return {"samples": samples}
+    return encode_upscaled_tiled(frames, g.target_hw, s, lambda p: vae_encode(vae, p), tile, max(1, tile // 8), on_tile)
 
 
 class UpscaleEncode(io.ComfyNode):
@@ -113,33 +108,48 @@ class UpscaleEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, vae, latent_mode, tile_px, images=None, latent=None) -> io.NodeOutput:
-        return io.NodeOutput(upscale_encode(plan, vae, images, latent, latent_mode, tile_px))
+        check_vae(vae, FAMILIES[plan.geometry.latent_channels])
+        images = check_lr_input(plan, images, latent)
+        if latent is not None and latent_mode == "latent bicubic":
+            # Fast path: resize the latent itself; no VAE round trip, softer than re-encoding pixels.
+            return io.NodeOutput({"samples": resize_latent(latent["samples"], plan.latent_shape[1:])})
+        frames = images if images is not None else decode_frames(vae, latent["samples"])
+        return io.NodeOutput({"samples": encode_upscaled(plan, vae, frames, tile_px)})
 
 
-def decode_tiled(
-    vae, samples: dict, tile_px: int, overlap_px: int, temporal_frames: int, temporal_overlap: int
-) -> torch.Tensor:
-    x = samples["samples"]
+@dataclass(frozen=True)
+class DecodeTiles:
+    """The tiled decode's widgets, by their input names (pixels and pixel frames)."""
+
+    tile_px: int = 512
+    overlap_px: int = 64
+    temporal_frames: int = 64
+    temporal_overlap: int = 8
+
+
+def decode_tiled(vae, x: torch.Tensor, tiles: DecodeTiles) -> torch.Tensor:
+    """x: [B, C, T, h, w] latent -> [N, H, W, 3] frames through ComfyUI's tiled decode, or a ValueError naming
+    the input; the decode node and the long-video path (one chunk at a time) decode here."""
     if x.ndim != 5:
         raise ValueError(f"samples: expected a video latent [B, C, T, H, W], got shape {list(x.shape)}.")
     if x.shape[1] != vae.latent_channels:
         raise ValueError(
             f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model."
         )
-    if overlap_px * 2 > tile_px:
+    if tiles.overlap_px * 2 > tiles.tile_px:
         raise ValueError(
-            f"overlap_px: {overlap_px} is more than half of tile_px {tile_px}; use at most {tile_px // 2}, "
-            f"or raise tile_px to {overlap_px * 2}."
+            f"overlap_px: {tiles.overlap_px} is more than half of tile_px {tiles.tile_px}; use at most "
+            f"{tiles.tile_px // 2}, or raise tile_px to {tiles.overlap_px * 2}."
         )
-    if temporal_overlap * 2 > temporal_frames:
+    if tiles.temporal_overlap * 2 > tiles.temporal_frames:
         raise ValueError(
-            f"temporal_overlap: {temporal_overlap} is more than half of temporal_frames {temporal_frames}."
+            f"temporal_overlap: {tiles.temporal_overlap} is more than half of temporal_frames {tiles.temporal_frames}."
         )
     check_finite(x, "samples")
     s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
     images = vae.decode_tiled(
-        x, tile_x=max(2, tile_px // s), tile_y=max(2, tile_px // s), overlap=max(1, overlap_px // s),
-        tile_t=max(2, temporal_frames // ts), overlap_t=max(1, temporal_overlap // ts),
+        x, tile_x=max(2, tiles.tile_px // s), tile_y=max(2, tiles.tile_px // s), overlap=max(1, tiles.overlap_px // s),
+        tile_t=max(2, tiles.temporal_frames // ts), overlap_t=max(1, tiles.temporal_overlap // ts),
     )  # fmt: skip
     return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
 
@@ -181,5 +191,5 @@ class TiledDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, tile_px, overlap_px, temporal_frames, temporal_overlap) -> io.NodeOutput:
-        return io.NodeOutput(decode_tiled(vae, samples, tile_px, overlap_px, temporal_frames, temporal_overlap))
+    def execute(cls, samples, vae, **widgets) -> io.NodeOutput:
+        return io.NodeOutput(decode_tiled(vae, samples["samples"], DecodeTiles(**widgets)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
-from ..models.cost import DitSize, cost_text, per_step
-from ..models.plan import Geometry, PlanConfig, latent_frames, make_plan, target_hw
+from ..models.cost import DitSize, cost_text, run_totals
+from ..models.plan import Geometry, target_hw, video_plan
 from ..models.preview import plan_picture
 from ..models.video import resize_frames
 from .host import as_rgb, check_finite, check_frames, model_family
@@ -42,19 +44,32 @@ def lr_video(images, latent, family) -> tuple[tuple[int, int], int, torch.Tensor
     return (x.shape[3] * s, x.shape[4] * s), (x.shape[2] - 1) * 4 + 1, None
 
 
-def partition(model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames):
-    family = model_family(model)
-    lr_hw, frames, first = lr_video(images, latent, family)
-    s = family.spatial_stride
-    out_hw = target_hw(lr_hw, target, scale, keep_aspect, s)
+@dataclass(frozen=True)
+class PlanSettings:
+    """The partitioner's widgets, by their input names: what the artist asks of a plan."""
+
+    target: str = "2K"  # "2K", "4K" or "scale"
+    scale: float = 2.0
+    keep_aspect: bool = True
+    patch_width: int = 0  # pixels; 0: the model's native size
+    patch_height: int = 0
+    window_frames: int = 0  # pixel frames (1 + 4k); 0: the model's native length
+
+
+def plan_video(family, lr_hw: tuple[int, int], frames: int, settings: PlanSettings):
+    """The patch plan for an LR video of `frames` frames at lr_hw pixels, or a ValueError naming the widget
+    and a fix; the partitioner and the long-video path (one plan per chunk) make their plans here."""
+    s = settings
+    stride = family.spatial_stride
+    out_hw = target_hw(lr_hw, s.target, s.scale, s.keep_aspect, stride)
     if out_hw[0] < lr_hw[0] or out_hw[1] < lr_hw[1]:
         raise ValueError(
-            f"target: {target} gives {out_hw[1]}x{out_hw[0]}, smaller than the input {lr_hw[1]}x{lr_hw[0]}. "
+            f"target: {s.target} gives {out_hw[1]}x{out_hw[0]}, smaller than the input {lr_hw[1]}x{lr_hw[0]}. "
             "Pick a larger preset or a scale >= 1."
         )
-    ph = patch_height or family.native_hw[0]
-    pw = patch_width or family.native_hw[1]
-    cell = 2 * s  # a patch side is a whole number of DiT tokens (2 latent cells)
+    ph = s.patch_height or family.native_hw[0]
+    pw = s.patch_width or family.native_hw[1]
+    cell = 2 * stride  # a patch side is a whole number of DiT tokens (2 latent cells)
     for name, v, limit in (("patch_height", ph, out_hw[0]), ("patch_width", pw, out_hw[1])):
         if v % cell:
             raise ValueError(
@@ -70,14 +85,11 @@ def partition(model, images, latent, target, scale, keep_aspect, patch_width, pa
             raise ValueError(
                 f"{name}: {v} px is larger than the target's {limit} px. {fix}; a patch cannot be larger than the frame."
             )
-    message = frames_error("window_frames", window_frames, f"the model's {family.native_frames}")
+    message = frames_error("window_frames", s.window_frames, f"the model's {family.native_frames}")
     if message:
         raise ValueError(message)
-    wf = window_frames or family.native_frames
-    geometry = Geometry(family.name, family.latent_channels, s, lr_hw, out_hw, (ph, pw), frames)
-    cfg = PlanConfig((latent_frames(frames), out_hw[0] // s, out_hw[1] // s), (ph // s, pw // s), latent_frames(wf))
-    plan = make_plan(cfg, geometry=geometry)
-    return plan, preview(plan, first), cost_text(plan, dit_size(model))
+    geometry = Geometry(family.name, family.latent_channels, stride, lr_hw, out_hw, (ph, pw), frames)
+    return video_plan(geometry, s.window_frames or family.native_frames)
 
 
 def dit_size(model) -> DitSize | None:
@@ -184,12 +196,12 @@ class PatchPartitioner(io.ComfyNode):
         return checked
 
     @classmethod
-    def execute(
-        cls, model, target, scale, keep_aspect, patch_width, patch_height, window_frames, images=None, latent=None
-    ) -> io.NodeOutput:
-        plan, picture, cost = partition(
-            model, images, latent, target, scale, keep_aspect, patch_width, patch_height, window_frames
-        )
-        # The frontend extension (js/patchvsr.js) shows the text on the node and, from the per-step counts,
-        # the total for the sampler connected to the plan.
-        return io.NodeOutput(plan, picture, cost, ui={"text": [cost], "patchvsr_cost": [per_step(plan)]})
+    def execute(cls, model, images=None, latent=None, **widgets) -> io.NodeOutput:
+        family = model_family(model)
+        lr_hw, frames, first = lr_video(images, latent, family)
+        plan = plan_video(family, lr_hw, frames, PlanSettings(**widgets))
+        cost = cost_text(plan, dit_size(model))
+        # The frontend extension (js/patchvsr.js) shows the text on the node and, from each stitch mode's
+        # run totals, the total for the sampler connected to the plan.
+        ui = {"text": [cost], "patchvsr_cost": [run_totals(plan)]}
+        return io.NodeOutput(plan, preview(plan, first), cost, ui=ui)

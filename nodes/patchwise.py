@@ -15,12 +15,12 @@ import comfy.patcher_extension
 import torch
 
 from ..models import adapter_runtime as rt
+from ..models.adapter_inputs import AdapterInputs, hint_bytes
 from ..models.blend import StitchConfig
-from ..models.context import anchor_low_frequency, global_lowpass, location_mask, lowpass_sigma
-from ..models.flow import noise_to
+from ..models.context import anchored_velocity, global_lowpass, lowpass_sigma
 from ..models.joint import FusionSchedule, crop, patch_rows, patch_timesteps, step_index
 from ..models.memory import HEADROOM, BatchSizer, reserve_shape, sampler_bytes
-from .host import Progress, is_oom
+from .host import Progress, compute_dtype, is_oom
 
 WRAPPER_KEY = "patchvsr"
 log = logging.getLogger(__name__)
@@ -40,70 +40,6 @@ class NonFiniteEvaluation(ValueError):
     """The first model evaluation of a run gave NaN or infinite values (the sampler names the suspect input)."""
 
 
-class AdapterInputs:
-    """What a trained adapter reads per patch: the LR patch latent noised to its t (fixed noise, so every
-    step sees the same condition), the global latent with the patch's location mask and the row's prompt,
-    micro-conditions. The patch branch runs once per patch and DiT call, shared by the call's cond and
-    uncond rows (its input does not depend on the prompt); global tokens do not change between steps, so
-    they are computed once per patch and prompt and cached."""
-
-    def __init__(self, loaded, dm, plan, context, lr_latent: torch.Tensor, latent_format, seed: int):
-        self.loaded, self.dm, self.plan, self.context = loaded, dm, plan, context
-        cfg = loaded.config
-        gen = torch.Generator().manual_seed((seed + 1) % 2**64)  # not the sampler's noise: independent
-        lr = latent_format.process_in(lr_latent.float())
-        self.lr_noised = noise_to(lr, cfg.patch_noise_t, torch.randn(lr.shape, generator=gen))
-        # Noised in the model's normalised space, as the trainer does (models/train.py).
-        g = latent_format.process_in(context.latent.float())
-        self.global_noised = noise_to(g, context.config.noise_t, context.noise.float())
-        self.box_index = {box: i for i, box in enumerate(plan.boxes)}
-        self.prompts: list[torch.Tensor] = []  # the distinct prompts seen ([Lt, text_dim] rows)
-        self.tokens: dict = {}  # (patch, prompt index) -> [1, G, D]
-
-    def _prompt(self, row: torch.Tensor) -> int:
-        """Index of a prompt row among those seen: the cond and uncond rows keep theirs for the whole run."""
-        for i, p in enumerate(self.prompts):
-            if p.shape == row.shape and p.device == row.device and torch.equal(p, row):
-                return i
-        self.prompts.append(row.clone())  # a view would keep the whole call's context alive
-        return len(self.prompts) - 1
-
-    def _tokens(self, adapter, patch, prompt: int, device, dtype) -> torch.Tensor:
-        if (patch, prompt) not in self.tokens:
-            win, box = patch
-            g = self.global_noised[:, :, win.t0 : win.t1].to(device, dtype)
-            mask = rt.location_mask_volume(self._mask(box)[None], win.length).to(g)
-            text = self.prompts[prompt][None]
-            self.tokens[(patch, prompt)] = rt.global_tokens(
-                self.dm, adapter, g, mask, text, self.context.config.noise_t
-            )
-        return self.tokens[(patch, prompt)]
-
-    def _mask(self, box) -> torch.Tensor:
-        """[gh, gw] location mask of `box`: the context's own for the plan's boxes; the shifted grids' boxes
-        are not in the plan, so theirs are drawn here the same way."""
-        if box in self.box_index:
-            return self.context.masks[self.box_index[box]]
-        return location_mask(box, self.plan.latent_shape[1:], tuple(self.context.masks.shape[-2:]))
-
-    def call(self, patches, context: torch.Tensor, device, dtype) -> rt.AdapterCall:
-        """The adapter's inputs for one DiT call over `patches`; context: [B, Lt, text_dim] the call's prompt
-        per latent row. The call's rows are batch-major, (B k), like the latent crops."""
-        adapter = self.loaded.patcher.model
-        _, H, W = self.plan.latent_shape
-        batch = context.shape[0]
-        lr = torch.cat([crop(self.lr_noised, win, box) for win, box in patches]).to(device, dtype)
-        hints = rt.patch_hints(self.dm, adapter, lr)  # [k, L, D] each: once for every row of these patches
-        micro = []
-        for _, box in patches:
-            frac = (box.y0 / H, box.x0 / W, box.y1 / H, box.x1 / W)
-            micro.append(rt.micro_vector(self.plan.geometry.scale, adapter.cfg.patch_noise_t, frac, 1, device))
-        micro = torch.cat(micro).repeat(batch, 1)
-        prompts = [self._prompt(row) for row in context]
-        tokens = torch.cat([self._tokens(adapter, patch, p, device, dtype) for p in prompts for patch in patches])
-        return rt.AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(dtype), repeat=batch)
-
-
 class PatchwiseDiffusion:
     """The DIFFUSION_MODEL and PREPARE_SAMPLING wrappers of one sampling run."""
 
@@ -120,34 +56,35 @@ class PatchwiseDiffusion:
         self.schedule = schedule
         self.sizer = sizer
         self.conds = conds  # conditionings the sampler evaluates: 1 at cfg 1, else 2
-        self.jm = schedule.full  # the plan under the stitch's scheme: the largest patch batches of any step
         self.context = context
         self.latent_format = latent_format
         self.progress = progress
         self.adapter = adapter
+        self.scale = schedule.plan.geometry.scale if schedule.plan.geometry is not None else 1.0
         self.sigmas: list[float] | None = None  # the run's noise levels, from set_sigmas
-        self.done = [0, self.jm.num_patches]  # patches run by the end of each step, from set_sigmas
+        self.done = [0, schedule.at(0, 1).num_patches]  # patches run by the end of each step, from set_sigmas
         self.step_ceiling = self.done[1]  # progress never runs ahead of the sampler's step count
+        self.base = progress.done  # patches the bar counted before this run (earlier chunks of a long video)
         self._global_lp = None
         self.evaluations = 0  # model evaluations finished; the first one is checked for non-finite values
 
     def set_sigmas(self, sigmas: torch.Tensor) -> int:
         """The run's noise levels (steps + 1), which tell each model evaluation its step; returns the
-        run's patch evaluations at one model evaluation per step (the progress bar's total; counted in
-        patches, since the patches per DiT call adapt to free memory)."""
+        run's patch evaluations at one model evaluation per step (the run's share of the progress bar;
+        counted in patches, since the patches per DiT call adapt to free memory)."""
         self.sigmas = [float(s) for s in sigmas]
         steps = len(self.sigmas) - 1
         self.done = [0]
-        for i in range(steps):
-            self.done.append(self.done[-1] + self.schedule.at(i, steps).num_patches)
+        for n in self.schedule.patches_per_step(steps):
+            self.done.append(self.done[-1] + n)
         self.step_ceiling = self.done[min(1, steps)]
         return self.done[-1]
 
     def _joint(self, sigma: float, transformer_options):
         """The joint modulation of the evaluation at `sigma`: its step's, by where sigma sits in the run."""
         levels = self.sigmas if self.sigmas is not None else transformer_options.get("sample_sigmas")
-        if levels is None or not self.schedule.grids:
-            return self.schedule.full
+        if levels is None:  # no run to place the evaluation in: the last step's layout, seamless on its own
+            return self.schedule.at(0, 1)
         levels = [float(s) for s in levels]
         return self.schedule.at(step_index(sigma, levels), len(levels) - 1)
 
@@ -160,20 +97,22 @@ class PatchwiseDiffusion:
     def reserved_shape(self, model, noise_shape) -> list[int]:
         """The input shape ComfyUI's estimate is asked about: the largest patch of any step, as many as one
         DiT call takes (one when the batch adapts: the weights come first, the batch takes what is left),
-        grown by the full-size latents the sampler keeps (models/memory.py counts them)."""
-        batches = [b for jm in (self.schedule.full, *self.schedule.grids) for b in jm.batches]
+        grown by the full-size latents the sampler keeps (models/memory.py counts them) and the adapter's hint
+        cache."""
+        batches = [b for jm in self.schedule.layouts for b in jm.batches]
         t, h, w = max((p[0].length, p[1].height, p[1].width) for b in batches for p in b)
         k = self.sizer.limit or 1
         conds = 1 if self.conds == 1 and not model.model_options.get("disable_cfg1_optimization", False) else 2
         anchored = self.context is not None and self.context.config.strength != 0.0
         full = sampler_bytes(noise_shape[1:], conds, anchored) * noise_shape[0]
+        full += self.adapter.hint_budget if self.adapter is not None else 0  # the patch branch's cached hints
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
         return reserve_shape(model.model.memory_required, patch_shape, full)
 
     def on_step(self, step: int, preview=None) -> None:
         last = len(self.done) - 1
         self.step_ceiling = self.done[min(step + 2, last)]
-        self.progress.set(self.done[min(step + 1, last)], preview=preview)
+        self.progress.set(self.base + self.done[min(step + 1, last)], preview=preview)
 
     def _anchor(self, x: torch.Tensor, sigmas: torch.Tensor):
         """The training-free global context: a per-patch post-processing of the prediction, or None. With a
@@ -183,19 +122,15 @@ class PatchwiseDiffusion:
             return None
         if self.adapter is not None and not ctx.config.with_adapter:
             return None
-        sigma_px = lowpass_sigma(self.jm.plan, ctx.config, tuple(ctx.latent.shape[-2:]))
+        plan = self.schedule.plan
+        sigma_px = lowpass_sigma(plan, ctx.config, tuple(ctx.latent.shape[-2:]))
         if self._global_lp is None or self._global_lp.device != x.device:
             # In the model's normalised space, the space of x0 below (the context holds the raw VAE latent).
             g = self.latent_format.process_in(ctx.latent.to(x.device, torch.float32))
-            self._global_lp = global_lowpass(g, self.jm.plan, sigma_px)
+            self._global_lp = global_lowpass(g, plan, sigma_px)
 
         def post(v, x_patch, patch):
-            # x0 = x - sigma v (rectified flow); anchor x0's low frequencies, then back to a velocity, all
-            # in float32 (in bf16, x - x0 loses the small offset at low sigma).
-            s = sigmas.view(-1, 1, 1, 1, 1).to(v.device, torch.float32)
-            x0 = x_patch.float() - s * v.float()
-            x0 = anchor_low_frequency(x0, crop(self._global_lp, *patch), ctx.config.strength, sigma_px)
-            return ((x_patch.float() - x0) / s.clamp_min(1e-6)).to(v.dtype)
+            return anchored_velocity(v, x_patch, sigmas, crop(self._global_lp, *patch), ctx.config.strength, sigma_px)
 
         return post
 
@@ -234,13 +169,13 @@ class PatchwiseDiffusion:
             k = len(patches)
             opts = dict(transformer_options, patchvsr={"patches": tuple(patches), "batch": batch})
             if self.adapter is not None:
-                opts[rt.CALL_KEY] = self.adapter.call(patches, context, xs.device, xs.dtype)
+                opts[rt.CALL_KEY] = self.adapter.call(patches, context, self.scale, xs.device, xs.dtype)
             extra = {name: patch_rows(v, patches, batch, thw) for name, v in kwargs.items()}
             t = patch_timesteps(timestep, patches, thw[0])
             out = executor(xs, t, context.repeat_interleave(k, dim=0), None, None, opts, *args, **extra)
             if self.evaluations == 0:
                 self._check_finite(out, f"patch batch of {k} patches")
-            self.progress.tick(k, self.step_ceiling - 1)
+            self.progress.tick(k, self.base + self.step_ceiling - 1)
             return out
 
         jm = self._joint(float(sigmas[0]), transformer_options)
@@ -276,6 +211,23 @@ def batch_sizer(model, patch_batch: int) -> BatchSizer:
     return BatchSizer(patch_batch or None, is_oom, fits if patch_batch == 0 else None, on_oom)
 
 
+# The patch branch's hints are cached for the run while they take at most this share of the device's memory
+# (counted in ComfyUI's reservation); beyond it the branch runs again at every step (a 4K clip of 81 frames
+# on Wan 2.1 1.3B would need about 48 GB: models/adapter_inputs.py hint_bytes).
+HINT_CACHE_SHARE = 0.25
+
+
+def hint_budget(model, adapter, dm, schedule: FusionSchedule) -> int:
+    """Bytes of patch-branch hints to keep for the run: every distinct patch's, or as many as fit the share."""
+    patches = {p for jm in schedule.layouts for batch in jm.batches for p in batch}
+    need = hint_bytes(adapter.config, dm.dim, patches, compute_dtype(model).itemsize)
+    share = int(comfy.model_management.get_total_memory(model.load_device) * HINT_CACHE_SHARE)
+    if need > share:
+        log.info("PatchVSR: the adapter's patch-branch hints need %.1f GiB; caching %.1f GiB of them, the rest "
+                 "run again at every step", need / 2**30, share / 2**30)  # fmt: skip
+    return min(need, share)
+
+
 def attach(
     model,
     plan,
@@ -296,7 +248,10 @@ def attach(
     inputs = None
     if adapter is not None:
         dm = model.get_model_object("diffusion_model")
-        inputs = AdapterInputs(adapter, dm, plan, context, lr_latent, latent_format, seed)
+        inputs = AdapterInputs(
+            adapter.patcher.model, dm, plan, lr_latent, context.latent, context.noise, context.masks,
+            context.config.noise_t, latent_format.process_in, seed, hint_budget(model, adapter, dm, schedule),
+        )  # fmt: skip
         # Compose with block replacements other nodes set on this model: theirs runs inside ours.
         replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for i, block in enumerate(dm.blocks):

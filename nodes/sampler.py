@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 
 import comfy.lora
 import comfy.lora_convert
@@ -141,28 +142,52 @@ def check_lora_matches(model, lora: dict, lora_name: str) -> None:
         )
 
 
-def sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength, seed, steps, cfg,
-           sampler_name, scheduler, t0, patch_batch, adapter=None) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler node's widgets, by their input names: what one PatchVSR sampling run is asked for."""
+
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 5.0
+    sampler_name: str = "euler"
+    scheduler: str = "simple"
+    t0: float = 0.3  # start noise level as flow time (Wan's shift makes ComfyUI's `denoise` misleading)
+    patch_batch: int = 0  # patches per DiT call; 0 adapts to free memory
+    lora_name: str = NO_LORA
+    lora_strength: float = 1.0
+
+
+def sample(model, positive, negative, latent: dict, plan, settings: SamplerSettings, context=None, stitcher=None,
+           adapter=None, progress: Progress | None = None) -> dict:  # fmt: skip
+    """The PatchVSR sampling run: the upscaled `latent` denoised patch-wise from t0 with any ComfyUI sampler.
+    `progress` (default: a bar of its own) counts the run's patch evaluations; a caller running several
+    samplings (the long-video path) passes one bar for all of them."""
+    s = settings
     check_inputs(model, latent, plan, context, adapter)
     check_conditioning(positive, "positive")
     check_conditioning(negative, "negative")
     stitch = stitcher if stitcher is not None else StitchConfig()
-    model = load_lora(model, lora_name, lora_strength)
+    model = load_lora(model, s.lora_name, s.lora_strength)
     if adapter is not None:
         model = apply_adapter_lora(model, adapter)
     # 1. Patch-wise clone: the wrapper runs the DiT per patch batch and fuses at every evaluation.
-    progress = Progress(1)
+    own_bar = progress is None
+    progress = Progress(1) if own_bar else progress
     patched, wrapper = attach(
-        model, plan, stitch, context, patch_batch, progress, adapter, latent["samples"], seed, cfg=cfg
+        model, plan, stitch, context, s.patch_batch, progress, adapter, latent["samples"], s.seed, cfg=s.cfg
     )
     # 2. Noise levels from t0 (flow time), not ComfyUI's step-fraction `denoise`; the wrapper reads its step
-    #    from them (the shifted-grid stitch changes grids between steps).
+    #    from them (the shifted stitch changes grids between steps).
     model_sampling = patched.get_model_object("model_sampling")
-    sigmas = sigmas_from_t0(lambda n: comfy.samplers.calculate_sigmas(model_sampling, scheduler, n).cpu(), steps, t0)
-    progress.total = wrapper.set_sigmas(sigmas)
+    sigmas = sigmas_from_t0(
+        lambda n: comfy.samplers.calculate_sigmas(model_sampling, s.scheduler, n).cpu(), s.steps, s.t0
+    )
+    run_total = wrapper.set_sigmas(sigmas)
+    if own_bar:
+        progress.total = run_total
     # 3. SDEdit from the upscaled latent: noise_scaling mixes (1 - t0) latent + t0 noise.
     x = latent["samples"]
-    noise = comfy.sample.prepare_noise(x, seed)
+    noise = comfy.sample.prepare_noise(x, s.seed)
 
     # 4. Live preview of the whole stitched frame, as core KSampler shows it: the server's preview method
     #    (--preview-method, or the frontend's per-run choice on newer hosts) and the same previewer, fed the
@@ -175,21 +200,21 @@ def sample(model, positive, negative, latent, plan, context, stitcher, lora_name
 
     try:
         out = comfy.sample.sample_custom(
-            patched, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, x,
-            callback=callback, disable_pbar=True, seed=seed % SAMPLER_SEED_RANGE,
+            patched, noise, s.cfg, comfy.samplers.sampler_object(s.sampler_name), sigmas, positive, negative, x,
+            callback=callback, disable_pbar=True, seed=s.seed % SAMPLER_SEED_RANGE,
         )  # fmt: skip
     except NonFiniteEvaluation as e:
         # Stopped at the first step instead of after the whole run: name what most likely blew up.
         if adapter is not None:
             suspect = f"adapter: '{adapter.name}'"
             fix = "Its weights are far out of scale (a diverged or damaged training): retrain it or use another"
-        elif lora_name != NO_LORA and lora_strength != 0.0:
-            suspect = f"lora_name: '{lora_name}' at strength {lora_strength}"
+        elif s.lora_name != NO_LORA and s.lora_strength != 0.0:
+            suspect = f"lora_name: '{s.lora_name}' at strength {s.lora_strength}"
             fix = "Lower lora_strength or pick another LoRA"
         else:
             suspect = "model"
             fix = "Check the model file and the latent (lower cfg if it is very high)"
-        raise ValueError(f"{suspect}: {e}; sampling stopped at step 1 of {steps}. {fix}.") from e
+        raise ValueError(f"{suspect}: {e}; sampling stopped at step 1 of {s.steps}. {fix}.") from e
     check_finite(out, "the sampler's output (lower cfg or check the model)")
     return {"samples": out.to(torch.float32)}
 
@@ -285,7 +310,7 @@ class PatchSampler(io.ComfyNode):
         return widget_errors(cls, lora_name=lora_name, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
-    def execute(cls, model, positive, negative, latent, plan, lora_name, lora_strength, seed, steps, cfg, sampler_name,
-                scheduler, t0, patch_batch, context=None, stitcher=None, adapter=None) -> io.NodeOutput:  # fmt: skip
-        return io.NodeOutput(sample(model, positive, negative, latent, plan, context, stitcher, lora_name, lora_strength,
-                                    seed, steps, cfg, sampler_name, scheduler, t0, patch_batch, adapter))  # fmt: skip
+    def execute(cls, model, positive, negative, latent, plan, context=None, stitcher=None, adapter=None,
+                **widgets) -> io.NodeOutput:  # fmt: skip
+        settings = SamplerSettings(**widgets)
+        return io.NodeOutput(sample(model, positive, negative, latent, plan, settings, context, stitcher, adapter))

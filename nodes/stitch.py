@@ -15,16 +15,6 @@ from .validate import widget_errors
 EXAMPLE_PLAN = PlanConfig((1, 96, 96), (32, 32), 1)
 
 
-def stitcher(mode: str, blend_weight: float, plan=None):
-    cfg = StitchConfig(StitchMode(mode), blend_weight)
-    shown = plan if plan is not None else make_plan(EXAMPLE_PLAN)
-    picture = weight_picture(weight_maps(shown, cfg))  # h w 3
-    # Latent cells are small; show each as a few pixels so the profiles are visible.
-    k = max(1, 512 // max(picture.shape[:2]))
-    picture = F.interpolate(picture.permute(2, 0, 1)[None], scale_factor=k, mode="nearest")[0].permute(1, 2, 0)
-    return cfg, picture[None]
-
-
 class LatentStitcher(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -33,16 +23,17 @@ class LatentStitcher(io.ComfyNode):
             display_name="PatchVSR Latent Stitcher",
             category=CATEGORY,
             description="How overlapping patch predictions are fused at every denoising step: sum(w * x) / sum(w). "
-            "'weighted' is the paper's scheme; 'shifted' costs about the base grid per step; 'average' and 'naive' are there to compare.",
+            "'shifted' costs about the base grid per step; 'weighted' is the paper's scheme; 'average' and 'naive' are there to compare.",
             inputs=[
                 io.Combo.Input(
                     "mode",
                     options=[m.value for m in StitchMode],
                     default=StitchConfig().mode.value,
-                    tooltip="weighted: bridging patches fade linearly from their centre line, the intersection patch is amplified. "
-                    "shifted: each step runs one grid without bridging patches, its borders moved between steps, and the last step "
-                    "the weighted scheme (about the base grid's cost per step; see the README's Figures). "
-                    "average: all patches count the same (shows 'black holes'). naive: base grid only, no bridging patches (shows seams).",
+                    tooltip="shifted (default): each step runs one grid without bridging patches, its borders moved between "
+                    "steps, the last step a grid whose cells are centred on the base grid's seams (about 1.1x the base grid's "
+                    "cost at 4-50 steps). weighted: the paper's scheme, bridging patches over every seam at every step, fading "
+                    "linearly from their centre line, the intersection patch amplified (2.9x at 2K, 3.2x at 4K). average: all "
+                    "patches count the same (shows 'black holes'). naive: base grid only, no bridging patches (shows seams).",
                 ),
                 io.Float.Input(
                     "blend_weight",
@@ -62,7 +53,8 @@ class LatentStitcher(io.ComfyNode):
                 StitcherType.Output(display_name="stitcher", tooltip="Connect to PatchVSR Sampler."),
                 io.Image.Output(
                     display_name="weights",
-                    tooltip="Each patch kind's share of the weight: base blue, horizontal bridges red, vertical orange, intersections magenta.",
+                    tooltip="Each patch kind's share of the weight: base blue, horizontal bridges red, vertical orange, intersections "
+                    "magenta; for 'shifted', its last step's cells in blue and magenta, cross-faded.",
                 ),
             ],
         )
@@ -73,5 +65,10 @@ class LatentStitcher(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, blend_weight, plan=None) -> io.NodeOutput:
-        cfg, picture = stitcher(mode, blend_weight, plan)
-        return io.NodeOutput(cfg, picture)
+        cfg = StitchConfig(StitchMode(mode), blend_weight)
+        shown = plan if plan is not None else make_plan(EXAMPLE_PLAN)
+        picture = weight_picture(weight_maps(shown, cfg))  # h w 3
+        # Latent cells are small; show each as a few pixels so the profiles are visible.
+        k = max(1, 512 // max(picture.shape[:2]))
+        picture = F.interpolate(picture.permute(2, 0, 1)[None], scale_factor=k, mode="nearest")[0].permute(1, 2, 0)
+        return io.NodeOutput(cfg, picture[None])

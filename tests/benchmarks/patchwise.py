@@ -113,11 +113,11 @@ def run_one(name: str, frames: int) -> dict:
     # Proxies at the real latent size (one frame; the temporal proxy is in the unit tests).
     proxy_plan = make_plan(PlanConfig((1, H // STRIDE, W // STRIDE), plan.config.patch_hw, 21))
     rows, seen = [], {}
-    timed(FusionSchedule.build(plan, StitchConfig(StitchMode.NAIVE), 1).full)  # warm-up: first-call allocations
+    timed(FusionSchedule.build(plan, StitchConfig(StitchMode.NAIVE), 1).at(0, 1))  # warm-up: first-call allocations
     for mode in MODES:
         stitch = StitchConfig(StitchMode(mode))
         schedule = FusionSchedule.build(plan, stitch, batch_size=1)
-        for jm in (schedule.full, *schedule.grids):  # each distinct grid timed once
+        for jm in schedule.layouts:  # each distinct grid timed once
             key = tuple(p for b in jm.batches for p in b)
             if key not in seen:
                 seen[key] = timed(jm)

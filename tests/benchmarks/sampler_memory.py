@@ -49,7 +49,7 @@ def load_pack():
     return sampler
 
 
-def peak_growth(sample_fn, model, shape, cfg: float, sampler: str = "euler") -> int:
+def peak_growth(pack, model, shape, cfg: float, sampler: str = "euler") -> int:
     """Bytes the peak resident memory grows by while sampling a latent of `shape`, from just before."""
     from models.plan import Geometry, PlanConfig, make_plan
 
@@ -61,7 +61,8 @@ def peak_growth(sample_fn, model, shape, cfg: float, sampler: str = "euler") -> 
     gc.collect()
     open("/proc/self/clear_refs", "w").write("5")  # resets the peak to the current resident size
     before = status_kb("VmRSS")
-    out = sample_fn(model, text, text, latent, plan, None, None, "None", 1.0, 0, 2, cfg, sampler, "simple", 0.5, 1)
+    settings = pack.SamplerSettings(seed=0, steps=2, cfg=cfg, sampler_name=sampler, t0=0.5, patch_batch=1)
+    out = pack.sample(model, text, text, latent, plan, settings)
     peak = status_kb("VmHWM")
     del out
     return (peak - before) * 1024
@@ -75,12 +76,12 @@ def main() -> None:
 
     sampler = load_pack()
     model = comfy.sd.load_diffusion_model(str(WORK / "models" / "diffusion_models" / f"{DIT.name}.safetensors"))
-    peak_growth(sampler.sample, model, LATENTS[0], 1.0)  # warm-up: lazy imports and allocator pools
+    peak_growth(sampler, model, LATENTS[0], 1.0)  # warm-up: lazy imports and allocator pools
     print("| sampler | cfg | measured copies (CPU) | counted for a GPU (models/memory.py) |")
     print("|---|---|---|---|")
     for name in ("euler", "dpmpp_2m"):
         for cfg, conds in ((1.0, 1), (2.0, 2)):
-            small, big = (peak_growth(sampler.sample, model, s, cfg, name) for s in LATENTS)
+            small, big = (peak_growth(sampler, model, s, cfg, name) for s in LATENTS)
             copy = (math.prod(LATENTS[1]) - math.prod(LATENTS[0])) * 4
             print(f"| {name} | {cfg} | {(big - small) / copy:.1f} | {sampler_frames(conds, False)} |")
 

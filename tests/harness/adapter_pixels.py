@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import torch
 
 from .paths import REPO, WORK
 from .proof import run_trainer, validation_losses, write_mp4
+from .shared import built_once
 from .trained import install
 
 ADAPTER_NAME = "patchvsr-proof-adapter-photo"
@@ -126,13 +128,23 @@ def run_proof(server, models_dir: Path, work: Path, cfg: PixelProofConfig = Pixe
     started = time.monotonic()
     trained = install(models_dir)
     data = make_data(work / "data", cfg)
+
+    def build(folder: Path) -> None:
+        stdout = run_trainer(
+            trained["dit"], trained["vae"], data, folder / "adapter.safetensors", folder / "train", steps=cfg.steps,
+            lr=cfg.lr, crop=cfg.crop, frames=cfg.frames, cond_noise=cfg.cond_noise, seed=cfg.seed,
+        )  # fmt: skip
+        (folder / "trainer.log").write_text(stdout)
+        shutil.rmtree(folder / "train")  # checkpoints and latent cache: the adapter is what is reused
+
+    # Trained once per checkout for every host (harness.shared).
+    done = built_once("adapter-pixels", [cfg.key(), trained["dit"], trained["vae"], Path(__file__)], build)
     out = models_dir / "patchvsr" / f"{ADAPTER_NAME}.safetensors"
-    stdout = run_trainer(
-        trained["dit"], trained["vae"], data, out, work / f"train-{cfg.key()}", steps=cfg.steps, lr=cfg.lr,
-        crop=cfg.crop, frames=cfg.frames, cond_noise=cfg.cond_noise, seed=cfg.seed,
-    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(done / "adapter.safetensors", out)
+    stdout = (done / "trainer.log").read_text()
     vals = validation_losses(stdout)
-    log(f"adapter trained ({cfg.steps} steps) in {time.monotonic() - started:.0f} s; validation loss "
+    log(f"adapter ({cfg.steps} steps) ready at {time.monotonic() - started:.0f} s; validation loss "
         + ", ".join(f"{s}: {v:.4f}" for s, v in vals))  # fmt: skip
     scores = evaluate(server, cfg)
     for clip, s in scores.items():

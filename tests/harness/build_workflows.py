@@ -13,15 +13,25 @@ import json
 from .paths import REPO, WORK
 from .workflow import _extra_slots, _inputs, _is_widget
 
-# Model file names as the Comfy-Org repackaged Wan 2.1 files are called in an artist's install.
+# Model file names as the Comfy-Org repackaged Wan 2.1 files are called in an artist's install, with where
+# ComfyUI's frontend can download them from when they are missing (the `models` property of a loader node,
+# as ComfyUI's own templates carry it).
 WAN_DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
 WAN_VAE = "wan_2.1_vae.safetensors"
 WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODEL_FILES = {
+    WAN_DIT: ("diffusion_models", f"{REPACKAGED}/diffusion_models/{WAN_DIT}"),
+    WAN_VAE: ("vae", f"{REPACKAGED}/vae/{WAN_VAE}"),
+    WAN_TEXT: ("text_encoders", f"{REPACKAGED}/text_encoders/{WAN_TEXT}"),
+}
 POSITIVE = "a detailed, sharp, high resolution video"
 NEGATIVE = "blurry, low resolution, compression artifacts, oversmoothed, static"
 INPUT_CLIP = "patchvsr_example.mp4"
-# A step-distillation LoRA for Wan 2.1 T2V 1.3B as the artist saves it in models/loras (e.g. CausVid's).
+# A step-distillation LoRA for Wan 2.1 T2V 1.3B as the artist saves it in models/loras (e.g. CausVid's, whose
+# licence is CC BY-NC 4.0: non-commercial; the note says to pick one's own).
 DISTILL_LORA = "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
+MODEL_FILES[DISTILL_LORA] = ("loras", f"https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/{DISTILL_LORA}")
 
 
 def build(graph: list[dict], object_info: dict, note: str) -> dict:
@@ -62,11 +72,16 @@ def build(graph: list[dict], object_info: dict, note: str) -> dict:
             {"name": oname, "type": otype, "links": out_links.get((g["id"], i), []), "slot_index": i}
             for i, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))
         ]
+        properties = {"Node name for S&R": g["type"]}
+        files = [v for v in g.get("widgets", {}).values() if isinstance(v, str) and v in MODEL_FILES]
+        if files:
+            properties["models"] = [
+                {"name": f, "url": MODEL_FILES[f][1], "directory": MODEL_FILES[f][0]} for f in files
+            ]
         nodes.append({
             "id": g["id"], "type": g["type"], "pos": list(g["pos"]), "size": list(g.get("size", [320, 160])),
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-            "properties": {"Node name for S&R": g["type"]}, "widgets_values": values,
-            **({"title": g["title"]} if "title" in g else {}),
+            "properties": properties, "widgets_values": values, **({"title": g["title"]} if "title" in g else {}),
         })  # fmt: skip
     # Links carry their type and the target's slot index, as the frontend saves them.
     for lk in links:
@@ -96,7 +111,7 @@ def loaders() -> list[dict]:
 
 
 def patchvsr_chain(
-    src: dict, target: str, fps_link, stitch: str = "weighted", sampler: dict | None = None, model=(1, 0)
+    src: dict, target: str, fps_link, stitch: str = "shifted", sampler: dict | None = None, model=(1, 0)
 ) -> list[dict]:
     """The five PatchVSR nodes after a source: src maps 'images' or 'latent' to (node, slot)."""
     sampler = sampler or {"steps": 20, "cfg": 5.0, "t0": 0.3}
@@ -129,7 +144,7 @@ def fast_4k() -> list[dict]:
          "widgets": {"lora_name": DISTILL_LORA, "strength_model": 1.0}, "links": {"model": (1, 0)}},
         {"id": 10, "type": "LoadVideo", "pos": [380, 0], "widgets": {"file": INPUT_CLIP}},
         {"id": 11, "type": "GetVideoComponents", "pos": [380, 140], "links": {"video": (10, 0)}},
-    ] + patchvsr_chain({"images": (11, 0)}, "4K", {"fps": (11, 2)}, stitch="shifted", sampler=few, model=(6, 0))  # fmt: skip
+    ] + patchvsr_chain({"images": (11, 0)}, "4K", {"fps": (11, 2)}, sampler=few, model=(6, 0))  # fmt: skip
 
 
 def from_t2v() -> list[dict]:
@@ -143,28 +158,53 @@ def from_t2v() -> list[dict]:
 
 
 MODELS_NOTE = (
-    f"**Connect**: `{WAN_DIT}` in models/diffusion_models, `{WAN_VAE}` in models/vae, `{WAN_TEXT}` in "
-    "models/text_encoders (or pick your own Wan 2.1 T2V files in the three loaders)."
+    f"**Models**: `{WAN_DIT}` in models/diffusion_models, `{WAN_VAE}` in models/vae, `{WAN_TEXT}` in "
+    "models/text_encoders (ComfyUI offers to download the missing ones; or pick your own Wan 2.1 T2V files in "
+    "the three loaders)."
 )
 EXPECT_NOTE = (
-    "While it runs: the **Patch Partitioner** shows the plan's cost (patches, DiT patch evaluations per step and "
-    "in total, a memory estimate) and **Patch grid** its patches (base solid blue, bridging dashed, the shifted "
-    "stitch's moved grid white dotted); the **PatchVSR Sampler** shows a live preview of the whole frame (set a "
-    "preview method in ComfyUI's settings or start it with `--preview-method auto`) and its progress bar counts "
-    "patch batches."
+    "While it runs: the **Patch Partitioner** shows the plan it made for your clip (patches, DiT patch "
+    "evaluations per step and per run, a memory estimate) and **Patch grid** its patches (base solid blue, "
+    "bridging dashed, the shifted stitch's moved grid white dotted); the **PatchVSR Sampler** shows a live preview "
+    "of the whole frame (set a preview method in ComfyUI's settings or start it with `--preview-method auto`) "
+    "and its progress bar counts patches."
 )
+# The clips the notes' figures are for: 16:9 footage for the file workflows, Wan 2.1's own 832x480 for the
+# T2V chain. Another aspect ratio keeps its own inside the preset frame, and the partitioner shows its plan.
+NOTE_CLIPS = {"video": (720, 1280), "t2v": (480, 832)}
+NOTE_FRAMES = 81
 
 
-def run_cost(target: str, mode: str, steps: int, cfg: float) -> str:
-    """The DiT work of an 81-frame 16:9 clip through this workflow, as the partitioner will count it."""
+def note_plan(target: str, clip: str):
+    """The plan the workflow's partitioner makes for the note's clip: the same functions the node runs."""
+    from models.plan import Geometry, target_hw, video_plan
+
+    lr = NOTE_CLIPS[clip]
+    out = target_hw(lr, target, 2.0, True, 8)
+    ph, pw = min(480, out[0]), min(832, out[1])  # Wan 2.1's native patch (patch size 0)
+    return video_plan(Geometry("wan2.1", 16, 8, lr, out, (ph, pw), NOTE_FRAMES), 81)
+
+
+def plan_note(target: str, clip: str, steps: int, cfg: float) -> str:
+    """What the note says the run costs: every number from the plan the partitioner makes."""
     from models.blend import StitchConfig, StitchMode
-    from models.cost import total_evaluations
-    from models.plan import PlanConfig, make_plan
+    from models.cost import token_ratio, total_evaluations
+    from models.plan import Kind
 
-    h, w = {"2K": (1440, 2560), "4K": (2160, 3840)}[target]
-    plan = make_plan(PlanConfig((21, h // 8, w // 8), (60, 104), 21))
-    total = total_evaluations(plan, StitchConfig(StitchMode(mode)), steps, cfg)
-    return f"{total} patch evaluations of 832x480x81 (an 81-frame clip, {steps} steps, cfg {cfg:g}, {mode} stitch)"
+    plan = note_plan(target, clip)
+    g = plan.geometry
+    rows, cols = len(plan.row_edges) - 1, len(plan.col_edges) - 1
+    ph, pw = max(b.height for b in plan.base_boxes()) * 8, max(b.width for b in plan.base_boxes()) * 8
+    shifted, weighted = StitchConfig(StitchMode.SHIFTED), StitchConfig(StitchMode.WEIGHTED)
+    lr = NOTE_CLIPS[clip]
+    return (
+        f"For a {lr[1]}x{lr[0]} clip of {NOTE_FRAMES} frames: {g.target_hw[1]}x{g.target_hw[0]}, {cols} x {rows} "
+        f"patches of up to {pw}x{ph} px; {steps} steps at cfg {cfg:g} with the 'shifted' stitch run "
+        f"{total_evaluations(plan, shifted, steps, cfg)} patch evaluations ({token_ratio(plan, shifted, steps):.2f}x "
+        f"the frame's DiT tokens per step). The paper's 'weighted' scheme is one widget away (**Latent Stitcher** "
+        f"mode): {plan.count(Kind.BASE) + len(plan.aux_boxes())} patches per step with the bridging ones, "
+        f"{total_evaluations(plan, weighted, steps, cfg)} evaluations ({token_ratio(plan, weighted, steps):.2f}x)."
+    )
 
 
 def notes() -> dict[str, str]:
@@ -173,33 +213,33 @@ def notes() -> dict[str, str]:
             "## PatchVSR: video file to 2K\n"
             f"{MODELS_NOTE} Put your clip (1 + 4k frames, e.g. 81; longer clips run in overlapping windows) in "
             "ComfyUI's input folder and pick it in **Load Video**.\n\n"
-            "**Expect** output/PatchVSR/2K_*.mp4 at 2560x1440 (the clip's aspect kept inside it), its frame count "
-            f"and fps: 12 native-size patches plus 23 bridging patches per frame, {run_cost('2K', 'weighted', 20, 5.0)}. "
-            f"{EXPECT_NOTE}\n\n"
+            "**Expect** output/PatchVSR/2K_*.mp4 at 2560x1440 (another aspect ratio keeps its own inside it), with "
+            f"the clip's frame count and fps. {plan_note('2K', 'video', 20, 5.0)} {EXPECT_NOTE}\n\n"
             "Raise **t0** for more new detail, lower it for more fidelity; **Global Context** strength keeps colour "
-            "consistent; the **Latent Stitcher**'s 'shifted' mode costs about half of 'weighted' here."
+            "consistent across patches."
         ),
         "patchvsr_4k_from_video.json": (
             "## PatchVSR: video file to 4K\n"
             f"{MODELS_NOTE} Put your clip in ComfyUI's input folder and pick it in **Load Video**.\n\n"
-            "**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160: 25 native-size patches plus 56 bridging patches per "
-            f"frame, {run_cost('4K', 'weighted', 20, 5.0)}; tiled encode and decode keep memory bounded. {EXPECT_NOTE}"
+            f"**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160. {plan_note('4K', 'video', 20, 5.0)} Tiled encode "
+            f"and decode keep memory bounded. {EXPECT_NOTE}"
         ),
         "patchvsr_4k_fast.json": (
             "## PatchVSR: video file to 4K, fast\n"
-            f"{MODELS_NOTE} Pick a step-distillation LoRA for your Wan model in **Step-distillation LoRA** (4-8 steps), "
-            "and your clip in **Load Video**.\n\n"
-            f"**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160 from {run_cost('4K', 'shifted', 6, 1.0)}: the "
-            "'shifted' stitch runs one patch grid per step, its borders moved between steps, and the paper's bridging "
-            f"patches on the last step only. At cfg 1 the negative prompt is not used. {EXPECT_NOTE}"
+            f"{MODELS_NOTE} Pick a step-distillation LoRA for your Wan model in **Step-distillation LoRA** (4-8 "
+            "steps; the one named, CausVid's, is licensed for non-commercial use only), and your clip in **Load "
+            "Video**.\n\n"
+            f"**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160. {plan_note('4K', 'video', 6, 1.0)} The 'shifted' "
+            "stitch runs one patch grid per step, its borders moved between steps, the last step's cells centred "
+            f"on the base grid's seams. At cfg 1 the negative prompt is not used. {EXPECT_NOTE}"
         ),
         "patchvsr_t2v_to_2k.json": (
             "## Wan T2V straight into PatchVSR\n"
             f"{MODELS_NOTE} Write your prompt in **Positive**; **Wan T2V size** and **Wan T2V sampler** make the "
             "832x480 clip, whose latent goes to PatchVSR without a round trip through a video file.\n\n"
-            f"**Expect** output/PatchVSR/2K_*.mp4 at 2560x1440 after the T2V run, {run_cost('2K', 'weighted', 20, 5.0)}. "
-            "Upscale & Encode decodes, upscales and re-encodes the latent (exact); set latent_mode to 'latent "
-            f"bicubic' for the fast path. {EXPECT_NOTE}"
+            f"**Expect** output/PatchVSR/2K_*.mp4 after the T2V run. {plan_note('2K', 't2v', 20, 5.0)} Upscale & "
+            "Encode decodes, upscales and re-encodes the latent (exact); set latent_mode to 'latent bicubic' for "
+            f"the fast path. {EXPECT_NOTE}"
         ),
     }
 

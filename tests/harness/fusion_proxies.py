@@ -13,13 +13,15 @@ Two stand-in models invent a per-patch tone (a constant offset per channel, seed
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from einops import rearrange
 
-from models.blend import StitchConfig
+from models.blend import StitchConfig, StitchMode
 from models.flow import euler_sample, velocity_from_x0
 from models.joint import FusionSchedule, crop, step_index
-from models.plan import Kind, PatchPlan, shifted_grids
+from models.plan import Kind, PatchPlan, Window
 
 TS = [0.9, 0.7, 0.45, 0.2, 0.05, 0.0]  # flow times of a short Euler run
 TONE = 0.5  # size of a patch's invented tone, against a target of amplitude 1
@@ -32,8 +34,9 @@ def target_of(shape: tuple[int, int, int], channels: int = 4) -> torch.Tensor:
     return (torch.sin(x / 3 + 0.2 * t) * torch.cos(y / 4)).expand(1, channels, T, H, W).clone()
 
 
+@functools.cache
 def tone(patch, channels: int, seed: int = 0) -> torch.Tensor:
-    """[1, C, 1, 1, 1] the tone a patch invents, the same every time that patch runs."""
+    """[1, C, 1, 1, 1] the tone a patch invents, the same every time that patch runs (made once: read-only)."""
     win, box = patch
     seed = 7919 * seed + 100003 * win.t0 + 1000 * box.y0 + 10 * box.x0 + list(Kind).index(box.kind)
     return TONE * torch.randn(1, channels, 1, 1, 1, generator=torch.Generator().manual_seed(seed))
@@ -68,14 +71,17 @@ def t_noise(noise: torch.Tensor, t: float) -> torch.Tensor:
     return t * noise
 
 
+@functools.cache
 def seam_lines(plan: PatchPlan, stitch: StitchConfig | None = None) -> tuple[list[int], list[int]]:
     """Rows and columns (latent borders) where any mode can leave a seam: every border of the plan's boxes
-    (base and bridging) and of the shifted stitch's grids. Every mode is scored on the same lines."""
+    (base and bridging) and of the shifted stitch's grids (its last step's included). Every mode is scored
+    on the same lines."""
     _, H, W = plan.latent_shape
-    grids = shifted_grids(plan, *(stitch or StitchConfig()).grid_args())
+    shifted = stitch or StitchConfig(StitchMode.SHIFTED)
+    grids = [jm.plan for jm in FusionSchedule.build(plan, shifted, None).layouts]
     ys = {e for b in plan.boxes for e in (b.y0, b.y1)} | {e for g in grids for e in g.row_edges}
     xs = {e for b in plan.boxes for e in (b.x0, b.x1)} | {e for g in grids for e in g.col_edges}
-    return sorted(e for e in ys if 0 < e < H), sorted(e for e in xs if 0 < e < W)
+    return tuple(sorted(e for e in ys if 0 < e < H)), tuple(sorted(e for e in xs if 0 < e < W))
 
 
 def seam_score(plan: PatchPlan, x: torch.Tensor, lines: tuple[list[int], list[int]] | None = None) -> float:
@@ -109,21 +115,23 @@ def flicker(borders: set[int], x: torch.Tensor) -> float:
 
 def window_borders(schedule: FusionSchedule) -> set[int]:
     """Every frame, other than 0, where a window of any step starts or one ends."""
-    jms = (schedule.full, *schedule.grids)
-    return {e for jm in jms for w in jm.plan.windows for e in (w.t0, w.t1) if 0 < e < jm.plan.latent_shape[0]}
+    T = schedule.plan.latent_shape[0]
+    return {e for jm in schedule.layouts for w in jm.plan.windows for e in (w.t0, w.t1) if 0 < e < T}
 
 
 def token_cost(schedule: FusionSchedule, steps: int) -> float:
-    """Mean latent cells the DiT sees per step (each patch counted by its size, so by its token count),
-    over the clip's: the base grid run once over the clip, windows without overlap."""
-    plan = schedule.full.plan
-    T, H, W = plan.latent_shape
-    base = T * H * W
+    """Mean DiT tokens per step over the frame's own (the base grid run once over the clip, windows without
+    overlap), counted here from the patches each step runs: Wan makes a token of 1 x 2 x 2 latent cells,
+    a partial token counted whole."""
+    plan = schedule.plan
 
-    def cells(jm):
-        return sum(w.length * b.height * b.width for batch in jm.batches for w, b in batch)
+    def tokens(win, box) -> int:
+        return win.length * ((box.height + 1) // 2) * ((box.width + 1) // 2)
 
-    return sum(cells(schedule.at(i, steps)) for i in range(steps)) / steps / base
+    whole = Window(0, plan.latent_shape[0])
+    frame = sum(tokens(whole, b) for b in plan.base_boxes())
+    run = sum(tokens(*p) for i in range(steps) for batch in schedule.at(i, steps).batches for p in batch)
+    return run / steps / frame
 
 
 def evaluations(schedule: FusionSchedule, steps: int) -> float:

@@ -6,7 +6,9 @@ it see `--cpu` then puts the test runner's argv back.
 
 from __future__ import annotations
 
+import functools
 import sys
+import types
 from contextlib import contextmanager
 
 from .paths import check_in_host_venv, comfy_root
@@ -44,6 +46,27 @@ def tiny_wan(dim: int = 128, layers: int = 3, ffn: int = 256, in_dim: int = 16, 
     )  # fmt: skip
     _init_(dm, seed)
     return dm.eval()
+
+
+@functools.cache
+def wan_sampling(shift: float):
+    """The model sampling ComfyUI builds for a Wan T2V model (discrete flow, CONST), at `shift`."""
+    import_comfy()
+    import comfy.model_sampling
+
+    class WanSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    return WanSampling(types.SimpleNamespace(sampling_settings={"shift": shift, "multiplier": 1000}))
+
+
+@functools.cache
+def wan_schedule(scheduler: str, shift: float, n: int):
+    """The host's `scheduler` run of n steps on Wan's model sampling at `shift`: [n + 1] float64 sigmas."""
+    import_comfy()
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(wan_sampling(shift), scheduler, n).cpu().double()
 
 
 @contextmanager

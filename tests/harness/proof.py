@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .paths import REPO, WORK, comfy_root, host_python
+from .shared import built_once
 from .tiny_models import DIT, VAE
 
 
@@ -120,14 +122,9 @@ def make_data(root: Path, cfg: ProofConfig) -> tuple[Path, list[tuple[str, Path,
     return train, held
 
 
-def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
-    """Trains the tiny DiT as an unconditional rectified-flow denoiser of the training clips' HR latents
-    and saves it beside the random one (cached by the config's key)."""
-    out = models_dir / "diffusion_models" / f"{BASE_NAME}.safetensors"
-    from safetensors import safe_open
-
-    if out.exists() and (safe_open(str(out), "pt").metadata() or {}).get("proof") == cfg.key():
-        return out
+def pretrain_base(out: Path, vae_path: Path, dit_path: Path, train_dir: Path, cfg: ProofConfig) -> Path:
+    """Trains the tiny DiT (random weights from `dit_path`) as an unconditional rectified-flow denoiser of
+    the training clips' HR latents and saves it to `out`."""
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
@@ -142,12 +139,12 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
     import comfy.sd
     import comfy.utils
 
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models_dir / "vae" / f"{VAE.name}.safetensors")))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path)))
     fmt = comfy.latent_formats.Wan21()
     with torch.no_grad():
         latents = [fmt.process_in(vae.encode(read_clip(c, cfg.frames))).float().clone() for c in find_clips(train_dir)]
     dm = tiny_wan(dim=DIT.dim, layers=DIT.num_layers, ffn=DIT.ffn_dim, seed=DIT.seed)
-    dm.load_state_dict(load_file(str(models_dir / "diffusion_models" / f"{DIT.name}.safetensors")))
+    dm.load_state_dict(load_file(str(dit_path)))
     dm.train().requires_grad_(True)
     opt = torch.optim.AdamW(dm.parameters(), lr=cfg.base_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -163,7 +160,7 @@ def pretrain_base(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> Path:
             torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
             opt.step()
     sd = {k: v.detach().float().contiguous() for k, v in dm.state_dict().items()}
-    save_file(sd, str(out), metadata={"proof": cfg.key()})
+    save_file(sd, str(out))
     return out
 
 
@@ -187,15 +184,27 @@ def run_trainer(model: Path, vae: Path, data: Path, out: Path, work: Path, *, st
     return run.stdout
 
 
-def train_adapter(models_dir: Path, base: Path, train_dir: Path, work: Path, cfg: ProofConfig) -> tuple[Path, str]:
-    """The proof's adapter on the pre-trained base; returns the adapter and the trainer's output."""
-    out = models_dir / "patchvsr" / f"{ADAPTER_NAME}.safetensors"
-    stdout = run_trainer(
-        base, models_dir / "vae" / f"{VAE.name}.safetensors", train_dir, out, work / f"train-{cfg.key()}",
-        steps=cfg.adapter_steps, lr=cfg.adapter_lr, crop=cfg.crop, frames=cfg.frames, cond_noise=cfg.cond_noise,
-        seed=cfg.seed,
-    )  # fmt: skip
-    return out, stdout
+def trained(models_dir: Path, train_dir: Path, cfg: ProofConfig) -> str:
+    """The proof's pre-trained base and adapter, trained once per checkout for every host (harness.shared),
+    copied into this host's models folder; returns the trainer's output."""
+    vae = models_dir / "vae" / f"{VAE.name}.safetensors"
+    dit = models_dir / "diffusion_models" / f"{DIT.name}.safetensors"
+
+    def build(folder: Path) -> None:
+        base = pretrain_base(folder / "base.safetensors", vae, dit, train_dir, cfg)
+        stdout = run_trainer(
+            base, vae, train_dir, folder / "adapter.safetensors", folder / "train", steps=cfg.adapter_steps,
+            lr=cfg.adapter_lr, crop=cfg.crop, frames=cfg.frames, cond_noise=cfg.cond_noise, seed=cfg.seed,
+        )  # fmt: skip
+        (folder / "trainer.log").write_text(stdout)
+        shutil.rmtree(folder / "train")  # checkpoints and latent cache: the adapter is what is reused
+
+    done = built_once("proof", [cfg.key(), vae, dit, REPO / "tests" / "harness" / "proof.py"], build)
+    for name, dest in (("base", f"diffusion_models/{BASE_NAME}"), ("adapter", f"patchvsr/{ADAPTER_NAME}")):
+        target = models_dir / f"{dest}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(done / f"{name}.safetensors", target)
+    return (done / "trainer.log").read_text()
 
 
 def proof_prompt(object_info: dict, lr_clip: str, hr_clip: str, cfg: ProofConfig) -> dict:
@@ -244,8 +253,6 @@ def psnr(x, ref) -> float:
 
 def evaluate(server, held: list[tuple[str, Path, Path]], cfg: ProofConfig) -> dict[str, list[float]]:
     """PSNR per held-out clip of bicubic, training-free and adapter results against the HR latent."""
-    import shutil
-
     from safetensors.torch import load_file
 
     info = server.object_info()
@@ -289,12 +296,10 @@ def run_proof(server, models_dir: Path, work: Path, cfg: ProofConfig = ProofConf
     """Everything: data, base pre-training, adapter training, evaluation. Returns (scores, val losses)."""
     started = time.monotonic()
     train_dir, held = make_data(work / "data", cfg)
-    base = pretrain_base(models_dir, train_dir, cfg)
-    log(f"base pre-trained ({cfg.base_steps} steps) in {time.monotonic() - started:.0f} s")
-    _, stdout = train_adapter(models_dir, base, train_dir, work, cfg)
+    stdout = trained(models_dir, train_dir, cfg)
     vals = validation_losses(stdout)
-    log(f"adapter trained ({cfg.adapter_steps} steps) at {time.monotonic() - started:.0f} s; validation loss "
-        + ", ".join(f"{s}: {v:.4f}" for s, v in vals))  # fmt: skip
+    log(f"base ({cfg.base_steps} steps) and adapter ({cfg.adapter_steps} steps) ready at "
+        f"{time.monotonic() - started:.0f} s; validation loss " + ", ".join(f"{s}: {v:.4f}" for s, v in vals))  # fmt: skip
     scores = evaluate(server, held, cfg)
     log(
         f"latent PSNR (dB) against the HR clip, 2x, {cfg.sample_steps} steps from t0 = {cfg.t0}:\n{table(scores, held)}"

@@ -376,3 +376,47 @@ def test_checkpointed_branches_give_the_same_gradients_and_recompute(dm):
     assert grads[True].keys() == grads[False].keys() and grads[False]
     for k in grads[False]:
         torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("budget", ["all", "two patches", "none"])
+def test_hints_are_made_once_per_patch_and_run(dm, budget):
+    """The patch branch's input (the LR patch latent noised once to t = 0.25) and time are the same at every
+    step, so its hints are kept for the run: a rotation of layouts over several steps runs the branch once
+    per distinct patch, and every call gets exactly the hints a fresh run of the branch gives. A budget too
+    small for all of them keeps the first ones and runs the branch again for the rest; none runs it at
+    every call."""
+    from models.adapter_inputs import AdapterInputs, hint_bytes
+    from models.blend import StitchConfig
+    from models.joint import FusionSchedule, crop
+    from models.plan import PlanConfig, make_plan
+
+    adapter = make(dm)
+    adapter.patch_branch.proj[0].weight.normal_(0, 0.05)  # hints that are not zero, so a mix-up shows
+    plan = make_plan(PlanConfig((2, 12, 16), (6, 8), 21))
+    schedule = FusionSchedule.build(plan, StitchConfig(), None)
+    patches = sorted({p for jm in schedule.layouts for b in jm.batches for p in b}, key=repr)
+    one = hint_bytes(adapter.cfg, 128, patches[:1], dtype_bytes=4)
+    budgets = {"all": hint_bytes(adapter.cfg, 128, patches, dtype_bytes=4), "two patches": 2 * one, "none": 0}
+    g = torch.Generator().manual_seed(3)
+    lr, glob = torch.randn(1, 16, 2, 12, 16, generator=g), torch.randn(1, 16, 2, 6, 8, generator=g)
+    masks = torch.ones(len(plan.boxes), 6, 8)
+    ins = AdapterInputs(adapter, dm, plan, lr, glob, torch.randn(glob.shape, generator=g), masks, 0.15,
+                        lambda x: x * 0.5, seed=0, hint_budget=budgets[budget])  # fmt: skip
+    calls = 0
+    steps = 5
+    for step in range(steps):
+        for batch in schedule.at(step, steps).batches:
+            got = ins.patch_hints(batch, "cpu", torch.float32)
+            lr_crops = torch.cat([crop(ins.lr_noised, *p) for p in batch])
+            want = rt.patch_hints(dm, adapter, lr_crops)  # the branch run afresh on these patches
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (budget, step, batch)
+            calls += len(batch)
+    distinct = len({p for i in range(steps) for b in schedule.at(i, steps).batches for p in b})
+    assert ins.hint_cache_bytes <= budgets[budget]
+    if budget == "all":
+        assert ins.branch_runs == distinct, (ins.branch_runs, distinct)
+    elif budget == "two patches":
+        assert len(ins.hints) == 2 and distinct < ins.branch_runs < calls
+    else:
+        assert ins.branch_runs == calls and not ins.hints

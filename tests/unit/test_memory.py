@@ -9,6 +9,8 @@ from models.joint import FusionSchedule
 from models.memory import BatchSizer, reserve_shape, sampler_bytes, sampler_frames
 from models.plan import PlanConfig, latent_frames, make_plan
 
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
 GB = 1e9
 LATENT_4K = (16, latent_frames(81), 2160 // 8, 3840 // 8)  # Wan 2.1: 16 channels, 1/8 size, 21 frames
 
@@ -93,7 +95,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(mode):
 
 def test_out_of_memory_halves_again_until_a_call_fits():
     x = torch.randn(1, 4, *PLAN.latent_shape)
-    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 8).full
+    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 8).at(0, 1)
     fn, calls = oom_model(fail_above=1, times=2)
     jm(x, fn, sizer=BatchSizer(8, is_oom))
     assert calls[:3] == [-8, -4, 2], calls
@@ -101,18 +103,18 @@ def test_out_of_memory_halves_again_until_a_call_fits():
 
 def test_a_single_patch_out_of_memory_and_other_errors_are_raised():
     x = torch.randn(1, 4, *PLAN.latent_shape)
-    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 1).full
+    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 1).at(0, 1)
     with pytest.raises(torch.OutOfMemoryError):
         jm(x, oom_model(fail_above=0)[0], sizer=BatchSizer(1, is_oom))
     fn, calls = oom_model(fail_above=1, error=RuntimeError("a shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 4).full(x, fn, sizer=BatchSizer(4, is_oom))
+        FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), 4).at(0, 1)(x, fn, sizer=BatchSizer(4, is_oom))
     assert calls == [-4]  # not retried: only running out of memory is
 
 
 def test_automatic_batch_takes_what_fits():
     x = torch.randn(2, 4, *PLAN.latent_shape)
-    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), None).full
+    jm = FusionSchedule.build(PLAN, StitchConfig(StitchMode.WEIGHTED), None).at(0, 1)
     asked = []
 
     def fits(rows, thw):

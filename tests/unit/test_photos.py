@@ -6,6 +6,8 @@ import pytest
 import torch
 from tiny.photos import camera_clip
 
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
 
 def coordinate_photo(h: int, w: int) -> torch.Tensor:
     """[3, H, W]: channel 0 is the column, channel 1 the row (both in (0, 1)), so a clip's pixels say where

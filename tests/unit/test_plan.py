@@ -4,6 +4,8 @@ import pytest
 
 from models.plan import Kind, PlanConfig, latent_frames, make_plan, pixel_frames, target_hw
 
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
 
 @pytest.mark.parametrize(
     "shape,patch,window",

@@ -3,12 +3,11 @@ and ComfyUI's real samplers stepping it with a denoiser that knows the clean lat
 
 from __future__ import annotations
 
-import functools
 import types
 
 import pytest
 import torch
-from harness.inprocess import import_comfy
+from harness.inprocess import import_comfy, wan_sampling, wan_schedule
 
 from models.flow import sigmas_from_t0
 
@@ -20,19 +19,8 @@ SHIFTS = (8.0, 5.0)  # Wan 2.1 T2V's default in ComfyUI, and the paper's inferen
 T0S = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9, 0.99, 1.0)
 
 
-@functools.cache
-def wan_sampling(shift: float):
-    """The model sampling ComfyUI builds for a Wan T2V model (discrete flow, CONST), at `shift`."""
-
-    class WanSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    return WanSampling(types.SimpleNamespace(sampling_settings={"shift": shift, "multiplier": 1000}))
-
-
-@functools.cache
 def schedule(scheduler: str, shift: float, n: int) -> torch.Tensor:
-    return comfy.samplers.calculate_sigmas(wan_sampling(shift), scheduler, n).cpu().double()
+    return wan_schedule(scheduler, shift, n)
 
 
 @pytest.mark.parametrize("shift", SHIFTS)

@@ -7,6 +7,8 @@ from einops import rearrange
 
 from models.video import encode_upscaled_tiled, resize_frames, upscale_region
 
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
 
 @pytest.mark.parametrize("region", [(0, 96, 0, 160), (8, 40, 16, 80), (50, 96, 120, 160), (1, 2, 3, 4)])
 def test_region_upscale_equals_full_frame_bicubic(region):

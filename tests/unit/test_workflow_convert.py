@@ -4,6 +4,8 @@ by the integration tests)."""
 import pytest
 from harness.workflow import override, prune, to_api
 
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
 # ComfyUI 0.33's Save Video format option: a dynamic combo inside a dynamic combo's option.
 H264 = {"key": "h264", "inputs": {"optional": {"crf": ["FLOAT", {}]}}}
 MP4 = {"key": "mp4", "inputs": {"required": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [H264]}]}}}

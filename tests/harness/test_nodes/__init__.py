@@ -5,10 +5,24 @@ the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validat
 LatentStats reports on sampler outputs.
 """
 
+import importlib.util
+import json
+from pathlib import Path
+
 import torch
 from comfy_api.latest import ComfyExtension, io
 
 WAN_TEXT_DIM = 4096  # umT5-XXL hidden size, what Wan's text_embedding expects
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _pack_flow():
+    """The pack's models/flow.py (pure PyTorch), imported by path: the pack itself is loaded by ComfyUI under
+    its folder's name, and a plain `import models` would find ComfyUI's own models folder."""
+    spec = importlib.util.spec_from_file_location("patchvsr_test_flow", REPO / "models" / "flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class ZeroTextConditioning(io.ComfyNode):
@@ -30,6 +44,135 @@ class ZeroTextConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, tokens, value=0.0) -> io.NodeOutput:
         return io.NodeOutput([[torch.full((1, tokens, WAN_TEXT_DIM), value), {}]])
+
+
+class RandomTextConditioning(io.ComfyNode):
+    """Seeded random text tokens of umT5's width, so a positive and a negative differ and cfg > 1 matters."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_RandomTextConditioning",
+            display_name="Random Text Conditioning (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of text tokens."),
+                io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Seed of the tokens."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, tokens, seed) -> io.NodeOutput:
+        gen = torch.Generator().manual_seed(seed)
+        return io.NodeOutput([[torch.randn(1, tokens, WAN_TEXT_DIM, generator=gen), {}]])
+
+
+class T0Sigmas(io.ComfyNode):
+    """The noise levels the PatchVSR sampler runs from flow time t0 (the pack's models/flow.py on the host's
+    scheduler, as nodes/sampler.py computes them), as a SIGMAS for core's SamplerCustom. Made afresh every
+    time: core's uni_pc writes into the SIGMAS it is given, so a cached one would come back changed."""
+
+    @classmethod
+    def define_schema(cls):
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="PatchVSRTest_T0Sigmas",
+            display_name="Sigmas From t0 (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model whose model sampling (shift) the scheduler reads."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, tooltip="Any scheduler."),
+                io.Int.Input("steps", default=6, min=1, max=1000, tooltip="Steps below t0."),
+                io.Float.Input("t0", default=1.0, min=0.01, max=1.0, step=0.01, tooltip="Start flow time."),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")  # never equal to itself: never reused from the cache
+
+    @classmethod
+    def execute(cls, model, scheduler, steps, t0) -> io.NodeOutput:
+        import comfy.samplers
+
+        ms = model.get_model_object("model_sampling")
+        return io.NodeOutput(
+            _pack_flow().sigmas_from_t0(lambda n: comfy.samplers.calculate_sigmas(ms, scheduler, n).cpu(), steps, t0)
+        )
+
+
+class LatentDiff(io.ComfyNode):
+    """An output node that reports how far a latent is from a reference: the largest absolute difference and
+    the reference's largest magnitude, for equivalence tests that compare many pairs in one prompt."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_LatentDiff",
+            display_name="Latent Diff (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The latent to compare."),
+                io.Latent.Input("reference", tooltip="The latent it should equal."),
+                io.String.Input("tag", default="", tooltip="Returned with the result, to tell pairs apart."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, samples, reference, tag) -> io.NodeOutput:
+        x, ref = samples["samples"].float(), reference["samples"].float()
+        same_shape = list(x.shape) == list(ref.shape)
+        diff = float((x - ref).abs().max()) if same_shape else float("inf")
+        stats = {"tag": tag, "max_abs_diff": diff, "ref_max_abs": float(ref.abs().max()), "shape": list(x.shape)}
+        return io.NodeOutput(ui={"patchvsr_diff": [stats]})
+
+
+class EvalRecorder(io.ComfyNode):
+    """A clone whose block 0 appends one JSON line per DiT call to a file in the output folder: its rows,
+    each row's noise level, the patches the PatchVSR sampler put in it and the run's noise levels, so a test
+    can check every evaluation against the schedule."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_EvalRecorder",
+            display_name="Eval Recorder (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to clone and record."),
+                io.String.Input("tag", default="evals", tooltip="File name (without .jsonl) in the output folder."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, tag) -> io.NodeOutput:
+        import folder_paths
+
+        path = Path(folder_paths.get_output_directory()) / f"{tag}.jsonl"
+
+        def record(args, extra):
+            opts = args["transformer_options"]
+            patches = (opts.get("patchvsr") or {}).get("patches", ())
+            levels = opts.get("sample_sigmas")
+            line = {
+                "rows": int(args["img"].shape[0]),
+                "sigmas": [float(s) for s in opts["sigmas"].reshape(-1)],
+                "patches": [[w.t0, w.t1, b.y0, b.y1, b.x0, b.x1] for w, b in patches],
+                "levels": None if levels is None else [float(s) for s in levels],
+            }
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            return extra["original_block"](args)
+
+        patched = model.clone()
+        patched.set_model_patch_replace(record, "dit", "double_block", 0)
+        return io.NodeOutput(patched)
 
 
 class PoisonImages(io.ComfyNode):
@@ -242,6 +385,10 @@ class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [
             ZeroTextConditioning,
+            RandomTextConditioning,
+            T0Sigmas,
+            LatentDiff,
+            EvalRecorder,
             PoisonImages,
             Channels,
             RandomLatent,

@@ -1,0 +1,52 @@
+"""Results that do not depend on the test host, built once per checkout and reused by every host.
+
+Training an adapter does not depend on the ComfyUI host (the proofs' adapters trained on both hosts agreed
+within 0.02 dB), so a CI run trains each proof's adapter once, on whichever host gets there first, and both
+hosts sample it. A result is keyed by its configuration, the pack's trainer code and the files it was
+trained from, so a change to any of them trains again; it is built in a folder of its own and moved into
+place only when complete, so an interrupted run never leaves half a result to reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .paths import REPO
+
+SHARED = REPO / ".work" / "shared"
+# What an adapter's training runs besides its inputs: the pack's code (the pure-PyTorch core, the trainer's
+# command line and the node glue it loads the models with). Callers add the harness file that drives it.
+TRAINING_CODE = (REPO / "models", REPO / "tools", REPO / "nodes")
+
+
+def fingerprint(parts: Iterable[str | Path]) -> str:
+    """sha1 of strings and of files' contents (folders: their .py files, recursively, in order)."""
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(part.rglob("*.py")) if part.is_dir() else [part] if part.exists() else []
+            for f in files:
+                h.update(str(f.relative_to(REPO)).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(part.encode())
+    return h.hexdigest()[:12]
+
+
+def built_once(name: str, key_parts: Iterable[str | Path], build: Callable[[Path], None]) -> Path:
+    """The folder `name`-<key> under .work/shared, made by build(folder) unless a complete one exists."""
+    final = SHARED / f"{name}-{fingerprint([*key_parts, *TRAINING_CODE])}"
+    if (final / ".complete").exists():
+        return final
+    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    build(partial)
+    (partial / ".complete").touch()
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final

@@ -1,0 +1,52 @@
+"""The shipped workflows' notes state what the workflow really runs: each file carries the note the
+generator (harness/build_workflows.py) makes from the plan its partitioner makes for the note's clip (the
+node's own planning functions), for the steps, cfg and stitch its nodes hold; and every model file a loader
+names comes with its download address, as ComfyUI's own templates carry it."""
+
+import json
+import re
+
+import pytest
+from harness.build_workflows import MODEL_FILES, note_plan, notes
+from harness.paths import REPO
+
+from models.plan import Kind
+
+pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
+
+
+def widgets(workflow: dict, node_type: str) -> list:
+    (node,) = [n for n in workflow["nodes"] if n["type"] == node_type]
+    return node["widgets_values"]
+
+
+@pytest.mark.parametrize("name", sorted(notes()))
+def test_note_states_the_plan_the_workflow_makes(name):
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    (note,) = widgets(workflow, "MarkdownNote")
+    assert note == notes()[name], f"{name}: regenerate it (cd tests && python -m harness.build_workflows)"
+    target, _, keep_aspect, patch_w, patch_h, window = widgets(workflow, "PatchVSR_Partitioner")
+    assert keep_aspect and (patch_w, patch_h, window) == (0, 0, 0)  # native patches: what the note plans
+    assert widgets(workflow, "PatchVSR_Stitcher")[0] == "shifted"
+    _, _, _, _, steps, cfg, *_ = widgets(workflow, "PatchVSR_Sampler")
+    stated = re.search(r"(\d+) steps at cfg ([\d.]+)", note)
+    assert (int(stated[1]), float(stated[2])) == (steps, cfg), (stated[0], steps, cfg)
+    clip = "t2v" if "t2v" in name else "video"
+    plan = note_plan(target, clip)
+    g = plan.geometry
+    rows, cols = len(plan.row_edges) - 1, len(plan.col_edges) - 1
+    assert f"{g.target_hw[1]}x{g.target_hw[0]}, {cols} x {rows} patches" in note
+    assert f"{plan.count(Kind.BASE) + len(plan.aux_boxes())} patches per step with the bridging ones" in note
+
+
+@pytest.mark.parametrize("name", sorted(notes()))
+def test_loaders_carry_their_download_addresses(name):
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    for node in workflow["nodes"]:
+        named = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v.endswith(".safetensors")]
+        listed = {m["name"]: m for m in node["properties"].get("models", [])}
+        assert set(named) == set(listed), (node["type"], named, listed)
+        for file in named:
+            directory, url = MODEL_FILES[file]
+            assert listed[file] == {"name": file, "url": url, "directory": directory}
+            assert url.startswith("https://huggingface.co/") and url.endswith(f"/{file}")
