@@ -158,10 +158,13 @@ class SamplerSettings:
 
 
 def sample(model, positive, negative, latent: dict, plan, settings: SamplerSettings, context=None, stitcher=None,
-           adapter=None, progress: Progress | None = None) -> dict:  # fmt: skip
+           adapter=None, progress: Progress | None = None, hold: torch.Tensor | None = None) -> dict:  # fmt: skip
     """The PatchVSR sampling run: the upscaled `latent` denoised patch-wise from t0 with any ComfyUI sampler.
     `progress` (default: a bar of its own) counts the run's patch evaluations; a caller running several
-    samplings (the long-video path) passes one bar for all of them."""
+    samplings (the long-video path) passes one bar for all of them. `hold`: [1, 1, T, H, W] in [0, 1], ComfyUI's
+    latent noise mask: where it is below 1 the latent is held to the given one (noised to each step's level,
+    as core's masked sampling does) instead of denoised (the long-video path holds each chunk's overlap to
+    the previous chunk's result)."""
     s = settings
     check_inputs(model, latent, plan, context, adapter)
     check_conditioning(positive, "positive")
@@ -201,7 +204,7 @@ def sample(model, positive, negative, latent: dict, plan, settings: SamplerSetti
     try:
         out = comfy.sample.sample_custom(
             patched, noise, s.cfg, comfy.samplers.sampler_object(s.sampler_name), sigmas, positive, negative, x,
-            callback=callback, disable_pbar=True, seed=s.seed % SAMPLER_SEED_RANGE,
+            noise_mask=hold, callback=callback, disable_pbar=True, seed=s.seed % SAMPLER_SEED_RANGE,
         )  # fmt: skip
     except NonFiniteEvaluation as e:
         # Stopped at the first step instead of after the whole run: name what most likely blew up.
