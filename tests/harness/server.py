@@ -45,6 +45,10 @@ class PromptResult:
         return paths
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind its port: another process took it after free_port chose it."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -117,6 +121,18 @@ class ComfyServer:
         return yaml_path
 
     def start(self) -> ComfyServer:
+        # Another test run on this machine (the other host's, run beside this one) may take the free port
+        # between its choice and the server's bind: then the server exits at once and gets another port.
+        for _ in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                log.warning("port taken while the server started; retrying on %d", self.port)
+        return self._start()
+
+    def _start(self) -> ComfyServer:
         for sub in ("input", "output", "frontend", "custom_nodes"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         yaml_path = self._write_config()
@@ -138,7 +154,11 @@ class ComfyServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+                self._log.close()
+                tail = self.log_tail()
+                if "address already in use" in tail.lower() or "errno 98" in tail.lower():
+                    raise PortTaken(tail)
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting:\n{tail}")
             try:
                 if requests.get(self.url + "/system_stats", timeout=2).ok:
                     return self
