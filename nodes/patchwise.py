@@ -158,6 +158,7 @@ class PatchwiseDiffusion:
                 f"positive/negative: {', '.join(uncut)} reached PatchVSR's sampler; it cannot be cut into patches. "
                 "Remove the node that adds it, or sample without PatchVSR."
             )
+        self._check_latent(x, transformer_options)
         batch = x.shape[0]
         thw = tuple(x.shape[2:])
         # [B] flow time of each batch row: ComfyUI gives one sigma per latent row, repeated per cond chunk.
@@ -184,6 +185,34 @@ class PatchwiseDiffusion:
             self._check_finite(out, "fused prediction")
         self.evaluations += 1
         return out
+
+    def _check_latent(self, x: torch.Tensor, transformer_options) -> None:
+        """The model call must hand over the whole latent of the plan. The sampler refuses the modifications
+        it knows that cut or shift it (nodes/compose.py); another node's wrapper may still do so."""
+        T, H, W = self.schedule.plan.latent_shape
+        if x.ndim == 5 and tuple(x.shape[2:]) == (T, H, W):
+            return
+        wrappers = transformer_options.get("wrappers", {})
+        others = [
+            f"{kind} '{key}'"
+            for kind, by_key in wrappers.items()
+            if kind != comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING  # sets up memory, never sees the latent
+            for key, fns in by_key.items()
+            if fns and key != WRAPPER_KEY
+        ]
+        likely = (
+            f"likely one of the wrappers other nodes put on this model: {', '.join(others)}"
+            if others
+            else "no other node put a wrapper on this model: look for one that sets a context handler or replaces "
+            "the model's forward"
+        )
+        raise ValueError(
+            f"model: the sampler's model call handed PatchVSR a latent of shape {list(x.shape)}, but the plan is "
+            f"{T}x{H}x{W} (frames x height x width): a node in front of the sampler reshapes the latent before "
+            f"the model sees it ({likely}). Remove that node from the model chain in front of PatchVSR Sampler: "
+            "PatchVSR cuts the latent into patches and temporal windows itself (set them on PatchVSR Patch "
+            "Partitioner)."
+        )
 
     @staticmethod
     def _check_finite(out: torch.Tensor, what: str) -> None:
