@@ -20,7 +20,7 @@ from ..models.blend import StitchConfig
 from ..models.context import anchored_velocity, global_lowpass, lowpass_sigma
 from ..models.joint import FusionSchedule, crop, patch_rows, patch_timesteps, step_index
 from ..models.memory import HEADROOM, BatchSizer, reserve_shape, sampler_bytes
-from .host import Progress, compute_dtype, is_oom
+from .host import Progress, compute_dtype, is_oom, memory_estimate
 
 WRAPPER_KEY = "patchvsr"
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class PatchwiseDiffusion:
         full = sampler_bytes(noise_shape[1:], conds, anchored) * noise_shape[0]
         full += self.adapter.hint_budget if self.adapter is not None else 0  # the patch branch's cached hints
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
-        return reserve_shape(model.model.memory_required, patch_shape, full)
+        return reserve_shape(memory_estimate(model), patch_shape, full)
 
     def on_step(self, step: int, preview=None) -> None:
         last = len(self.done) - 1
@@ -227,10 +227,10 @@ def batch_sizer(model, patch_batch: int) -> BatchSizer:
     """patch_batch patches per DiT call, or with 0 as many as the device's free memory holds by ComfyUI's own
     estimate for the model (with the headroom ComfyUI keeps when it batches cond and uncond); either way
     halved when a call runs out of memory."""
-    base, device = model.model, model.load_device
+    channels, device, estimate = model.model.latent_format.latent_channels, model.load_device, memory_estimate(model)
 
     def fits(rows: int, thw: tuple[int, int, int]) -> int:
-        one = base.memory_required([rows, base.latent_format.latent_channels, *thw])
+        one = estimate([rows, channels, *thw])
         return math.floor(comfy.model_management.get_free_memory(device) / (one * HEADROOM)) if one > 0 else 1 << 30
 
     def on_oom(size: int) -> None:
