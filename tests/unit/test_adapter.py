@@ -420,3 +420,58 @@ def test_hints_are_made_once_per_patch_and_run(dm, budget):
         assert len(ins.hints) == 2 and distinct < ins.branch_runs < calls
     else:
         assert ins.branch_runs == calls and not ins.hints
+
+
+# --- hosts newer than the test hosts (read against upstream ComfyUI 0.38) -----------------------------------
+class ComfyAttention(torch.nn.Module):
+    """A stand-in for upstream ComfyUI's ComfyAttention (comfy/ldm/modules/attention.py), which neither test
+    host has: an attention layer's preferred backend, read from and written to the state dict as a uint8
+    JSON `config` tensor."""
+
+    def __init__(self, config=None, function=None):
+        super().__init__()
+        self.config, self.function = config, function
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        raw = state_dict.pop(prefix + "config", None)
+        self.config = None if raw is None else json.loads(raw.numpy().tobytes())
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.config is not None:
+            destination[prefix + "config"] = torch.tensor(list(json.dumps(self.config).encode()), dtype=torch.uint8)
+
+
+def with_attention_config(dm):
+    """A copy of the tiny base as an upstream checkpoint with int8 attention loads: every attention layer
+    carries its host attention config."""
+    import copy
+
+    base = copy.deepcopy(dm)
+    for block in base.blocks:
+        for layer in (block.self_attn, block.cross_attn):
+            layer.comfy_attention = ComfyAttention({"attention": "comfy_kitchen_int8"}, function=print)
+    return base
+
+
+def test_copied_blocks_and_the_adapter_file_carry_no_host_attention_config(dm, tmp_path):
+    """Copies drop the base's attention config, so the adapter file holds weights only: the same keys as an
+    adapter made on a host without it, and it loads on either (loading does not require the config)."""
+    base = with_attention_config(dm)
+    assert "blocks.0.self_attn.comfy_attention.config" in base.state_dict()
+    copy_ = plain_copy(base.blocks[0], torch.float32)
+    assert copy_.self_attn.comfy_attention.config is None and copy_.cross_attn.comfy_attention.function is None
+    assert not any(k.endswith(".config") for k in copy_.state_dict())
+    assert base.blocks[0].self_attn.comfy_attention.config is not None, "the base's own layer was changed"
+    cfg = AdapterConfig.for_base(*DIMS, patch_k=2, global_k=2, lora_rank=4)
+    adapter = wake(PatchVSRAdapter(cfg, base.blocks, base.patch_embedding))
+    # A host that sets the config on layers after the copy: the file still holds weights only.
+    adapter.patch_branch.blocks[0].self_attn.comfy_attention.config = {"attention": "comfy_kitchen_int8"}
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    keys = set(load_file(str(path)))
+    assert keys == set(make(dm).file_state_dict()) and not any("comfy_attention" in k for k in keys)
+    for host in (dm, base):  # a host without the attention config, and one with it
+        again = load_adapter(path, host.blocks, host.patch_embedding, DIMS)
+        a, b = adapter.file_state_dict(), again.file_state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
