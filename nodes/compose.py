@@ -23,7 +23,7 @@ from ..models.plan import VAE_TIME_STRIDE
 log = logging.getLogger(__name__)
 
 # Wan's latent [B, C, T, H, W], by the dim a context handler windows.
-LATENT_DIMS = ("batch", "channels", "time", "height", "width")
+LATENT_DIMS = ("the batch", "channels", "time", "height", "width")
 TIME_DIM = 2
 # Wrappers core's Context Windows nodes add beside their handler (comfy/context_windows.py
 # create_prepare_sampling_wrapper and, for FreeNoise on newer hosts, create_sampler_sample_wrapper): they
@@ -110,11 +110,11 @@ def without_context_windows(model, plan):
     # for them; over the batch there is nothing to window, a PatchVSR latent holds one clip.
     frames = plan.config.window_frames
     log.info(
-        "PatchVSR: the model's context windows over %s (a Context Windows node: %d frames, overlap %d%s) are "
-        "off for this sampler; %s: %d latent frames (%d video frames) per window. Set window_frames on "
-        "PatchVSR Patch Partitioner to change them.",
+        "PatchVSR: the model's context windows over %s, windows of %d with overlap %d%s from a Context Windows "
+        "node, are off for this sampler; %s: windows of up to %d latent frames (%d video frames). Set "
+        "window_frames on PatchVSR Patch Partitioner to change them.",
         where, handler.context_length, handler.context_overlap,
-        ", FreeNoise" if getattr(handler, "freenoise", False) else "",
+        " and FreeNoise" if getattr(handler, "freenoise", False) else "",
         "PatchVSR's own temporal windows take over" if dim == TIME_DIM else "PatchVSR windows the clip in time",
         frames, (frames - 1) * VAE_TIME_STRIDE + 1,
     )  # fmt: skip
