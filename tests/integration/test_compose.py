@@ -6,6 +6,7 @@ handler are refused by name before the DiT runs; a wrapper that reshapes the lat
 call instead of an assert deep in the pack."""
 
 import pytest
+import torch
 from test_adapter_server import latents
 from test_host_hooks import graph, run_latent
 from test_validation import error_text
@@ -125,3 +126,15 @@ def test_a_wrapper_that_reshapes_the_latent_is_named_not_asserted(server):
     assert "model: the sampler's model call handed PatchVSR a latent of shape [2, 16, 1, 6, 16]" in msg, msg
     assert "but the plan is 1x12x16" in msg and "apply_model 'patchvsr_test_crop'" in msg, msg
     assert "AssertionError" not in msg, msg
+
+
+def test_core_attention_backend_composes_with_the_adapters_gca(server, object_info):
+    """Core's Model Attention Backend (ComfyUI 0.33; upstream too) sets an attention override: G-CA's override
+    in the adapter's cross-attention runs every attention through it, and the result is the one without the
+    node (the same attention math on this CPU server)."""
+    if "ModelAttentionBackend" not in object_info:
+        pytest.skip("this host has no Model Attention Backend node")
+    (plain,) = run_latent(server, graph(adapter=True, save="backend_plain")).values()
+    node = core_node(object_info, "ModelAttentionBackend", attention="pytorch attention")
+    (through,) = run_latent(server, with_model_node(graph(adapter=True, save="backend"), node)).values()
+    torch.testing.assert_close(through, plain, atol=1e-4, rtol=1e-4)
