@@ -381,6 +381,124 @@ class OutOfMemoryOnce(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
+class ModelReport(io.ComfyNode):
+    """An output node that reports what a MODEL carries that changes the sampler's model call (context
+    handler, model function wrapper, wrappers), after `samples` is made: a test checks that a node which
+    used this model left it as it was."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ModelReport",
+            display_name="Model Report (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to report on."),
+                io.Latent.Input("samples", tooltip="Any latent: the report waits for the node that makes it."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, samples) -> io.NodeOutput:
+        options = model.model_options
+        wrappers = {kind: sorted(k for k, fns in by_key.items() if fns) for kind, by_key in model.wrappers.items()}
+        report = {
+            "context_handler": type(options["context_handler"]).__name__ if "context_handler" in options else None,
+            "model_function_wrapper": "model_function_wrapper" in options,
+            "wrappers": {kind: keys for kind, keys in wrappers.items() if keys},
+        }
+        return io.NodeOutput(ui={"patchvsr_model": [report]})
+
+
+class ForeignContextHandler:
+    """A context handler of another node pack (no core IndexListContextHandler): it only has to exist, the
+    sampler refuses it before any model call."""
+
+    dim = 2
+
+    def should_use_context(self, *args, **kwargs):
+        return False
+
+
+class OtherContextHandler(io.ComfyNode):
+    """A clone with another pack's context handler in its model options (no core node makes one)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_OtherContextHandler",
+            display_name="Other Context Handler (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        patched = model.clone()
+        patched.model_options["context_handler"] = ForeignContextHandler()
+        return io.NodeOutput(patched)
+
+
+class SeamlessTiling(io.ComfyNode):
+    """Stands in for upstream ComfyUI's Seamless Tiling node (comfy_extras/nodes_seamless_tiling.py, not on
+    the test hosts): a clone whose model function wrapper runs the model on the latent rolled by half its
+    width and rolls the prediction back, as upstream's does for its shifted pass."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_SeamlessTiling",
+            display_name="Seamless Tiling stand-in (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        def model_function_wrapper(apply_model, args):
+            x = args["input"]
+            shift = x.shape[-1] // 2
+            out = apply_model(torch.roll(x, shift, dims=-1), args["timestep"], **args["c"])
+            return torch.roll(out, -shift, dims=-1)
+
+        patched = model.clone()
+        patched.set_model_unet_function_wrapper(model_function_wrapper)
+        return io.NodeOutput(patched)
+
+
+class CropLatent(io.ComfyNode):
+    """A clone with an APPLY_MODEL wrapper (key 'patchvsr_test_crop') that hands the model the top half of
+    the latent and pads the prediction back: another pack's wrapper that reshapes the latent, which no
+    core node on the test hosts does."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_CropLatent",
+            display_name="Crop Latent wrapper (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        import comfy.patcher_extension
+
+        def crop(executor, x, *args, **kwargs):
+            h = x.shape[-2] // 2
+            out = executor(x[..., :h, :], *args, **kwargs)
+            return torch.cat([out, torch.zeros_like(out)], dim=-2)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "patchvsr_test_crop", crop)
+        return io.NodeOutput(patched)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [
@@ -396,6 +514,10 @@ class TestNodes(ComfyExtension):
             BlockProbe,
             RowCounter,
             OutOfMemoryOnce,
+            ModelReport,
+            OtherContextHandler,
+            SeamlessTiling,
+            CropLatent,
         ]
 
 
