@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -60,10 +61,12 @@ def import_pack(comfyui: Path):
 class StopBetweenSteps:
     """Ctrl-C stops the run at the next step boundary, where the trainer writes a checkpoint first (a
     KeyboardInterrupt mid-step would lose the steps since the last one). A second Ctrl-C stops at once.
-    Used as the trainer's progress: its check() is called before every step."""
+    Used as the trainer's progress: its check() is called before every step (and between clips while
+    latents are cached), set() after it, so the time from the last check() to set() is the step's."""
 
     def __enter__(self):
         self.asked = False
+        self.checked = time.monotonic()
         self.previous = signal.signal(signal.SIGINT, self._ask)
         return self
 
@@ -77,11 +80,14 @@ class StopBetweenSteps:
         log.info("stopping after this clip or step, with a checkpoint (Ctrl-C again to stop now)")
 
     def check(self) -> None:
+        self.checked = time.monotonic()
         if self.asked:
             raise KeyboardInterrupt
 
     def set(self, step: int, total: int) -> None:
-        pass
+        # A step of a real-size base takes seconds on a GPU and minutes on a CPU: without a line per step the
+        # command says nothing between loading and the end of the run.
+        log.info("step %d of %d done (%.1f s)", step, total, time.monotonic() - self.checked)
 
 
 def main(argv: list[str]) -> int:
