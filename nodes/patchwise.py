@@ -92,7 +92,17 @@ class PatchwiseDiffusion:
     # for the latent it sees; the DiT sees patch batches, and the sampler keeps full-size latents besides.
     # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
-        return executor(model, self.reserved_shape(model, noise_shape), conds, *args, **kwargs)
+        shape = self.reserved_shape(model, noise_shape)
+        # Once per run: what ComfyUI's load decision (full load, partial load, offloading) rests on, so an
+        # artist or a benchmark can set it against what the run then takes.
+        log.info(
+            "PatchVSR: memory estimate asked for input %s (%.0f MiB by the host's formula) instead of the full "
+            "latent %s",
+            shape,
+            model.model.memory_required(shape) / 2**20,
+            list(noise_shape),
+        )
+        return executor(model, shape, conds, *args, **kwargs)
 
     def reserved_shape(self, model, noise_shape) -> list[int]:
         """The input shape ComfyUI's estimate is asked about: the largest patch of any step, as many as one

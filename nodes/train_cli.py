@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -60,10 +61,12 @@ def import_pack(comfyui: Path):
 class StopBetweenSteps:
     """Ctrl-C stops the run at the next step boundary, where the trainer writes a checkpoint first (a
     KeyboardInterrupt mid-step would lose the steps since the last one). A second Ctrl-C stops at once.
-    Used as the trainer's progress: its check() is called before every step."""
+    Used as the trainer's progress: its check() is called before every step (and between clips while
+    latents are cached), set() after it, so the time from the last check() to set() is the step's."""
 
     def __enter__(self):
         self.asked = False
+        self.checked = time.monotonic()
         self.previous = signal.signal(signal.SIGINT, self._ask)
         return self
 
@@ -77,11 +80,14 @@ class StopBetweenSteps:
         log.info("stopping after this clip or step, with a checkpoint (Ctrl-C again to stop now)")
 
     def check(self) -> None:
+        self.checked = time.monotonic()
         if self.asked:
             raise KeyboardInterrupt
 
     def set(self, step: int, total: int) -> None:
-        pass
+        # A step of a real-size base takes seconds on a GPU and minutes on a CPU: without a line per step the
+        # command says nothing between loading and the end of the run.
+        log.info("step %d of %d done (%.1f s)", step, total, time.monotonic() - self.checked)
 
 
 def main(argv: list[str]) -> int:
@@ -184,7 +190,7 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
     import comfy.utils
     from patchvsr_pack.models.train import TrainConfig, check_name, run_folder
     from patchvsr_pack.nodes.host import model_family
-    from patchvsr_pack.nodes.train import run
+    from patchvsr_pack.nodes.train import host_functions, run, train_dtype
 
     try:
         check_name(args.out.name, "--out")
@@ -208,9 +214,13 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
         log.info("%d processes, global batch %d (--accum %d per process)", world.size, world.size * args.accum,
                  args.accum)  # fmt: skip
     try:
+        host = host_functions(model, vae, clip, train_dtype(cfg))
+        # The trainer trains its own copy of the DiT (host_functions). Kept, the host's model would hold a second
+        # copy of the base for the whole run: its fp32 weights on a CPU (5.3 GiB at 1.3B, measured in
+        # docs/real_dims.md), the CPU copy every process of a GPU run loaded (28.6 GB at 14B).
+        del model
         with StopBetweenSteps() as progress:
-            path, history = run(model, vae, clip, cfg, progress, overwrite=args.overwrite, restart=args.restart,
-                                world=world)  # fmt: skip
+            path, history = run(host, cfg, progress, overwrite=args.overwrite, restart=args.restart, world=world)
     except ValueError as e:  # a refused run: the message says what differs and what to do
         if world.main:  # every rank stops with the same message (models/train.py shares rank 0's verdict)
             log.error("error: %s", e)

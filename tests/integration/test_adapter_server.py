@@ -2,6 +2,7 @@
 and the command line trainer."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -201,6 +202,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
     assert "skipped 'broken.mp4': Error opening input files" in run.stderr, run.stderr[-3000:]
     assert "skipped 1 of 3 clips that could not be read; training on 2" in run.stderr
     assert (tmp_path / "cli.ckpt" / "checkpoints" / "step_0000002.ckpt").exists()  # beside the adapter
+    assert re.search(r"step 1 of 2 done \([\d.]+ s\)\nstep 2 of 2 done", run.stderr), run.stderr[-3000:]
     before = out.read_bytes()
     # The same command again: the finished adapter is kept.
     run = cli()

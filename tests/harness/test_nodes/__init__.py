@@ -499,9 +499,63 @@ class CropLatent(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
+class ModelDims(io.ComfyNode):
+    """An output node that reports what the host detected a loaded diffusion model as (its supported-model
+    config and the Wan DiT's hyperparameters), so a benchmark can assert a generated checkpoint loads as the
+    real model it stands in for."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ModelDims",
+            display_name="Model Dims (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The loaded model to describe.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        dm = model.model.diffusion_model
+        names = ("model_type", "dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim")
+        dims = {name: getattr(dm, name, None) for name in names}
+        dims["patch_size"] = list(getattr(dm, "patch_size", ()))
+        dims["config"] = type(model.model.model_config).__name__
+        dims["parameters"] = sum(p.numel() for p in dm.parameters())
+        dims["dtype"] = str(model.model.get_dtype()).removeprefix("torch.")
+        return io.NodeOutput(ui={"patchvsr_dims": [dims]})
+
+
+class AdapterInfo(io.ComfyNode):
+    """An output node that reports a loaded PatchVSR adapter (its parameters and dtypes), so a benchmark can run
+    the Adapter Loader by itself and measure what loading costs."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_AdapterInfo",
+            display_name="Adapter Info (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Custom("PATCHVSR_ADAPTER").Input("adapter", tooltip="The adapter from the Adapter Loader.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, adapter) -> io.NodeOutput:
+        module = adapter.patcher.model
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters()})
+        info = {"name": adapter.name, "parameters": sum(p.numel() for p in module.parameters()), "dtypes": dtypes,
+                "bytes": sum(p.nbytes for p in module.parameters())}  # fmt: skip
+        return io.NodeOutput(ui={"patchvsr_adapter": [info]})
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [
+            ModelDims,
+            AdapterInfo,
             ZeroTextConditioning,
             RandomTextConditioning,
             T0Sigmas,
