@@ -182,7 +182,8 @@ def main(argv: list[str]) -> int:
 def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
     import comfy.sd
     import comfy.utils
-    from patchvsr_pack.models.train import TrainConfig, check_name, run_folder
+    from patchvsr_pack.models.runs import check_name, run_folder
+    from patchvsr_pack.models.train_config import TrainConfig
     from patchvsr_pack.nodes.host import model_family
     from patchvsr_pack.nodes.train import run
 

@@ -38,13 +38,17 @@ def _worker(rank: int, size: int, port: int, jobs: list[dict], train: list[str],
     import torch
 
     torch.set_num_threads(1)
+    import models.runs
     import models.train as mt
     from harness.inprocess import tiny_wan, training_mode
     from models import distributed
+    from models.latents import load_sample
+    from models.train_config import TrainConfig
 
-    # Which files each rank writes: every write of a checkpoint or an adapter goes through these two.
+    # Which files each rank writes: every write of a checkpoint (models/runs.py) or an adapter
+    # (models/train.py) goes through these two.
     writes = []
-    save_atomic, save_adapter = mt._save_atomic, mt.save_adapter
+    save_atomic, save_adapter = models.runs.save_atomic, mt.save_adapter
 
     def spy_atomic(tensors, path, meta):
         writes.append(Path(path).name)
@@ -54,17 +58,17 @@ def _worker(rank: int, size: int, port: int, jobs: list[dict], train: list[str],
         writes.append(Path(path).name)
         return save_adapter(adapter, path, meta)
 
-    mt._save_atomic, mt.save_adapter = spy_atomic, spy_adapter
+    models.runs.save_atomic, mt.save_adapter = spy_atomic, spy_adapter
     world = distributed.from_env()
     distributed.init(world)
     results = []
     try:
-        train_samples = [mt.load_sample(Path(p)) for p in train]
-        val_samples = [mt.load_sample(Path(p)) for p in val]
+        train_samples = [load_sample(Path(p)) for p in train]
+        val_samples = [load_sample(Path(p)) for p in val]
         for job in jobs:  # one process group for all jobs: starting processes is the slow part
             writes.clear()
             with training_mode():
-                trainer = mt.Trainer(mt.TrainConfig(**job), tiny_wan(layers=2), text, world=world)
+                trainer = mt.Trainer(TrainConfig(**job), tiny_wan(layers=2), text, world=world)
                 try:
                     history = trainer.run(train_samples, val_samples)
                     trainer.export()

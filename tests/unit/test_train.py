@@ -12,22 +12,11 @@ from harness.inprocess import import_comfy, tiny_wan, training_mode
 from harness.runs import make_clip
 
 from models.adapter_file import load_adapter
-from models.data import read_clip
-from models.train import (
-    Sample,
-    TrainConfig,
-    Trainer,
-    cache_latents,
-    check_name,
-    checkpoints,
-    find_clips,
-    load_sample,
-    prepare_run,
-    run_folder,
-    run_identity,
-    split,
-    train,
-)
+from models.data import find_clips, read_clip
+from models.latents import Sample, cache_latents, load_sample, split
+from models.runs import check_name, checkpoints, prepare_run, run_folder, run_identity
+from models.train import Trainer, train
+from models.train_config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -296,7 +285,7 @@ def test_unreadable_clips_are_skipped_with_one_line_each(host, data, tmp_path, c
     (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
     (folder / "broken.png").write_bytes(b"not a png")
     cfg = config(folder, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="models.train"):
+    with caplog.at_level(logging.WARNING, logger="models.latents"):
         paths = cache_latents(cfg, find_clips(folder), host)
     lines = [r.getMessage() for r in caplog.records]
     print("\n".join(lines))
@@ -317,7 +306,7 @@ def test_unreadable_clips_are_skipped_with_one_line_each(host, data, tmp_path, c
 @pytest.mark.parametrize("what", ["adapter", "checkpoint"])
 def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
     import models.adapter_file
-    import models.train
+    import models.runs
 
     cfg = config(data, tmp_path)
     trainer = Trainer(cfg, tiny_wan(layers=2), text)
@@ -329,7 +318,7 @@ def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
             Path(filename).write_bytes(b"half a fi")
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(models.adapter_file if what == "adapter" else models.train, "save_file", crash)
+        monkeypatch.setattr(models.adapter_file if what == "adapter" else models.runs, "save_file", crash)
         with pytest.raises(OSError):
             trainer.export() if what == "adapter" else trainer.save_checkpoint()
     finally:
