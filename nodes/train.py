@@ -1,4 +1,4 @@
-"""Adapter trainer node, and the host glue the command line tool (nodes/train_cli.py) shares with it."""
+"""Adapter trainer node, and the host glue the command line tool (tools/train_adapter.py) shares with it."""
 
 from __future__ import annotations
 
