@@ -7,11 +7,14 @@ NCCL on CUDA, gloo on the CPU (the tests run two CPU processes with gloo).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -91,6 +94,23 @@ def init(world: World) -> None:
 def close(world: World) -> None:
     if world.active:
         dist.destroy_process_group()
+
+
+def end_process(world: World, code: int) -> NoReturn:
+    """Ends the process with exit status `code`, once its files are written and closed and close() has run.
+
+    A rank of a multi-process run ends at once (os._exit), without the interpreter's finalisation and the
+    C++ static destructors. Once FSDP2 has run, the process group outlives destroy_process_group (torch
+    holds it: DTensor's caches keep its DeviceMesh, and references Python's GC cannot see keep the group),
+    so its native threads, gloo's and on rank 0 the TCPStore server's, are still running at exit; static
+    destructors running under live threads is undefined behaviour, which shows as a rare SIGSEGV after the
+    work is done, and torchrun would report the finished run as failed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if world.size > 1:
+        logging.shutdown()  # os._exit skips atexit, where logging flushes its handlers
+        os._exit(code)
+    sys.exit(code)
 
 
 # -- data parallel training ---------------------------------------------------------------------------------

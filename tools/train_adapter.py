@@ -34,6 +34,7 @@ import signal
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NoReturn
 
 PACK = Path(__file__).resolve().parents[1]
 # The pack's folder (ComfyUI-PatchVSR) is no Python name; its modules are imported as this package.
@@ -195,7 +196,7 @@ def config(args: argparse.Namespace, native_hw: tuple[int, int]):
     ))  # fmt: skip
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> NoReturn:
     p = parser()
     args = p.parse_args(argv)
     # torchrun's environment (models/distributed.py reads it too, once the pack is importable)
@@ -221,9 +222,10 @@ def main(argv: list[str]) -> int:
     world = distributed.from_env()
     distributed.init(world)
     try:
-        return _train(p, args, world)
+        code = _train(p, args, world)
     finally:
         distributed.close(world)
+    distributed.end_process(world, code)
 
 
 def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
@@ -268,4 +270,4 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])
