@@ -101,10 +101,10 @@ def end_process(world: World, code: int) -> NoReturn:
 
     A rank of a multi-process run ends at once (os._exit), without the interpreter's finalisation and the
     C++ static destructors. Once FSDP2 has run, the process group outlives destroy_process_group (torch
-    holds it: DTensor's caches keep its DeviceMesh, and references Python's GC cannot see keep the group),
-    so its native threads, gloo's and on rank 0 the TCPStore server's, are still running at exit; static
-    destructors running under live threads is undefined behaviour, which shows as a rare SIGSEGV after the
-    work is done, and torchrun would report the finished run as failed."""
+    keeps it: DTensor's caches hold its DeviceMesh, and references invisible to Python's GC hold the group),
+    so its native threads, gloo's and on rank 0 the TCPStore server's, still run at exit. Static destructors
+    running under live threads is undefined behaviour: a crash after the work is done, which torchrun would
+    report as a failed run."""
     sys.stdout.flush()
     sys.stderr.flush()
     if world.size > 1:
