@@ -1,4 +1,4 @@
-"""Adapter trainer node, and the host glue the command line tool (nodes/train_cli.py) shares with it."""
+"""Adapter trainer node, and the host glue the command line tool (tools/train_adapter.py) shares with it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from comfy_api.latest import io
 from ..models.adapter import plain_copy
 from ..models.data import find_clips
 from ..models.distributed import ONE, World
-from ..models.train import GCA_PLACEMENTS, PRECISIONS, TrainConfig, check_name, compute_dtype, run_folder, train
+from ..models.runs import check_name, run_folder
+from ..models.train import compute_dtype, train
+from ..models.train_config import GCA_PLACEMENTS, PRECISIONS, TrainConfig
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight, training_mode
 from .sockets import CATEGORY

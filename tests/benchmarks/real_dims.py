@@ -14,7 +14,7 @@ Not part of CI: a CPU run takes tens of minutes and about 16 GB of memory.
    real dims); one PatchVSR sampler step, cfg 1, on one native 832x480 patch (the partitioner at scale 1 on
    an 832x480 latent), training-free with the global context; the same with the untrained adapter through
    the Adapter Loader. Then, with the server stopped, a 1-step run of the command line trainer
-   (nodes/train_cli.py) on one synthetic 832x480 clip.
+   (tools/train_adapter.py) on one synthetic 832x480 clip.
 3. Reports per run the wall time, the process's peak resident memory (the server's, reset between prompts
    through /proc/<pid>/clear_refs; the trainer's from wait4) and the pack's own estimates: the input shape
    the sampler asks ComfyUI's memory estimate about (nodes/patchwise.py reserved_shape, models/memory.py)
@@ -335,7 +335,7 @@ def run_trainer(files: dict, vae: Path, frames: int) -> dict:
         make_clip(clip, width=PATCH_PX[1], height=PATCH_PX[0], frames=frames)
     out = place / "adapter.safetensors"
     cmd = [
-        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        host_python(), str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()),
         "--model", files["model"], "--vae", str(vae), "--data", str(data), "--out", str(out),
         "--steps", "1", "--max-frames", str(frames), "--overwrite", "--restart",
     ]  # fmt: skip

@@ -187,7 +187,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
     (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)
     out = tmp_path / "cli.safetensors"
     cmd = [
-        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        host_python(), str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()),
         "--model", str(tiny_models / "diffusion_models" / f"{DIT.name}.safetensors"),
         "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
         "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",
@@ -217,7 +217,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
 
 
 def test_command_line_trainer_under_torchrun(tiny_models, tmp_path):
-    """The GPU-node command, on 2 CPU processes (gloo): torchrun starts nodes/train_cli.py twice, --shard
+    """The GPU-node command, on 2 CPU processes (gloo): torchrun starts tools/train_adapter.py twice, --shard
     shards the adapter and AdamW (FSDP2). One log, one adapter gathered from the shards, global batch 2.
     (That 2 processes follow 1 process's losses: tests/unit/test_train.py.)"""
     from safetensors import safe_open
@@ -229,7 +229,7 @@ def test_command_line_trainer_under_torchrun(tiny_models, tmp_path):
     out = tmp_path / "multi.safetensors"
     cmd = [
         host_python(), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()),
         "--model", str(tiny_models / "diffusion_models" / f"{DIT.name}.safetensors"),
         "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
         "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",
