@@ -176,12 +176,16 @@ MAX_DEPTH = 6
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach()
     head = f"tensor{tuple(t.shape)}{t.dtype}".encode()
-    flat = t.reshape(-1)
-    if flat.numel() > FULL_HASH_ELEMENTS:
-        step = flat.numel() // SAMPLED
-        flat = torch.cat([flat[::step][:SAMPLED], flat[step // 2 :: step][:SAMPLED]])
-    # Through float32 bytes: the same numbers hash alike whatever the storage (fp8 has no numpy dtype).
-    return head + flat.to("cpu", torch.float32).contiguous().numpy().tobytes()
+    try:
+        flat = t.reshape(-1)
+        if flat.numel() > FULL_HASH_ELEMENTS:
+            step = flat.numel() // SAMPLED
+            flat = torch.cat([flat[::step][:SAMPLED], flat[step // 2 :: step][:SAMPLED]])
+        # Through float32 bytes: the same numbers hash alike whatever the storage (fp8 has no numpy dtype).
+        return head + flat.to("cpu", torch.float32).contiguous().numpy().tobytes()
+    except (RuntimeError, TypeError, NotImplementedError):
+        # A tensor subclass that cannot be sliced or cast (a host's quantized weights): its shape and dtype.
+        return head + f"<{type(t).__qualname__}>".encode()
 
 
 def _update(h, obj, depth: int) -> None:
