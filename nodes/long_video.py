@@ -451,7 +451,8 @@ class Run:
         """Chunks already on disk from an earlier run of the same identity: the first missing one's index.
         A work folder of another identity under the same name (a hash prefix shared by chance) is replaced."""
         manifest = self.work / MANIFEST
-        if manifest.exists() and json.loads(manifest.read_text()).get("identity") != self.identity:
+        stored = json.loads(json.dumps(self.identity))  # as JSON gives it back (a tuple comes back a list)
+        if manifest.exists() and json.loads(manifest.read_text()).get("identity") != stored:
             log.warning("PatchVSR long video: %s holds another run's chunks; starting over", self.work)
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True, exist_ok=True)
