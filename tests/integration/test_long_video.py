@@ -217,28 +217,35 @@ def test_chunks_are_read_as_get_video_components_decodes_them(lv):
         np.testing.assert_array_equal(np.load(lv.output_dir / f"read_{i}.npy"), whole[a:b], err_msg=f"frames {a}-{b}")
 
 
+def add_short_graph(prompt: dict, images: list, w: dict, tag: str, at: int = 10) -> None:
+    """Adds Partitioner, Upscale & Encode, Global Context, Sampler and Decode on `images` (a link) with the
+    long-video node's widgets `w` and its loaders, the frames saved as <tag>.npy: the short-clip graph."""
+    n = [str(at + i) for i in range(6)]
+    prompt.update({
+        n[0]: {"class_type": "PatchVSR_Partitioner", "inputs": {"model": ["1", 0], "images": images,
+               **{k: w[k] for k in ("target", "scale", "keep_aspect", "patch_width", "patch_height", "window_frames")}}},
+        n[1]: {"class_type": "PatchVSR_UpscaleEncode", "inputs": {"plan": [n[0], 0], "vae": ["2", 0], "images": images,
+               "latent_mode": "decode-resize-encode", "tile_px": w["encode_tile_px"]}},
+        n[2]: {"class_type": "PatchVSR_GlobalContext", "inputs": {"plan": [n[0], 0], "vae": ["2", 0], "images": images,
+               "strength": w["strength"], "noise_t": w["noise_t"], "seed": w["seed"], "anchor_with_adapter": False}},
+        n[3]: {"class_type": "PatchVSR_Sampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0],
+               "latent": [n[1], 0], "plan": [n[0], 0], "context": [n[2], 0],
+               **{k: w[k] for k in ("lora_name", "lora_strength", "seed", "steps", "cfg", "sampler_name", "scheduler",
+                                    "t0", "patch_batch")}}},
+        n[4]: {"class_type": "PatchVSR_Decode", "inputs": {"samples": [n[3], 0], "vae": ["2", 0],
+               **{k: w[f"decode_{k}"] for k in ("tile_px", "overlap_px", "temporal_frames", "temporal_overlap")}}},
+        n[5]: {"class_type": "PatchVSRTest_SaveFrames", "inputs": {"images": [n[4], 0], "tag": tag}},
+    })  # fmt: skip
+
+
 def test_a_clip_within_one_chunk_gives_the_short_graphs_frames(lv):
     """Load Video -> Get Video Components -> Partitioner, Upscale & Encode, Global Context, Sampler, Decode,
     against the long-video node on the same clip and widgets (9 frames: one chunk), lossless (crf 0):
     every 8-bit frame equal."""
     w = dict(WIDGETS, patch_width=64, patch_height=64, seed=5, steps=2, crf=0, filename_prefix="long/one")
     prompt = long_prompt("short.mp4", **w)
-    prompt.update({
-        "10": {"class_type": "GetVideoComponents", "inputs": {"video": ["4", 0]}},
-        "11": {"class_type": "PatchVSR_Partitioner", "inputs": {"model": ["1", 0], "images": ["10", 0],
-               **{k: w[k] for k in ("target", "scale", "keep_aspect", "patch_width", "patch_height", "window_frames")}}},
-        "12": {"class_type": "PatchVSR_UpscaleEncode", "inputs": {"plan": ["11", 0], "vae": ["2", 0], "images": ["10", 0],
-               "latent_mode": "decode-resize-encode", "tile_px": w["encode_tile_px"]}},
-        "13": {"class_type": "PatchVSR_GlobalContext", "inputs": {"plan": ["11", 0], "vae": ["2", 0], "images": ["10", 0],
-               "strength": w["strength"], "noise_t": w["noise_t"], "seed": w["seed"], "anchor_with_adapter": False}},
-        "14": {"class_type": "PatchVSR_Sampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0],
-               "latent": ["12", 0], "plan": ["11", 0], "context": ["13", 0],
-               **{k: w[k] for k in ("lora_name", "lora_strength", "seed", "steps", "cfg", "sampler_name", "scheduler",
-                                    "t0", "patch_batch")}}},
-        "15": {"class_type": "PatchVSR_Decode", "inputs": {"samples": ["14", 0], "vae": ["2", 0],
-               **{k: w[f"decode_{k}"] for k in ("tile_px", "overlap_px", "temporal_frames", "temporal_overlap")}}},
-        "16": {"class_type": "PatchVSRTest_SaveFrames", "inputs": {"images": ["15", 0], "tag": "short_graph"}},
-    })  # fmt: skip
+    prompt["9"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["4", 0]}}
+    add_short_graph(prompt, ["9", 0], w, "short_graph")
     result = lv.run(prompt)
     assert report(result)["chunks"] == 1
     short = to_uint8(torch.from_numpy(np.load(lv.output_dir / "short_graph.npy")))
@@ -289,10 +296,32 @@ def test_a_long_clip_keeps_its_rate_frames_and_sound_and_its_chunk_borders_do_no
     # Frame-to-frame change where chunks hand over (the cross-faded frames and the first frame a chunk makes
     # on its own) against the change everywhere else (the flicker proxy, on the decoded 8-bit frames).
     borders = {c.start + i for c in layout.chunks[1:] for i in range(c.held + 1)}
-    x = rearrange(torch.from_numpy(frames).float() / 255, "n h w c -> 1 c n h w")
-    ratio = flicker(borders, x)
-    print(f"\nchunk-border flicker / inside: {ratio:.3f} (borders at frames {sorted(borders)})")
+    ratio = flicker(borders, rearrange(torch.from_numpy(frames).float() / 255, "n h w c -> 1 c n h w"))
+    # Against a hard cut: chunk 2 made on its own (the short-clip graph on its frames, its seed, nothing held
+    # or faded) after chunk 1's frames, measured into the cut frame and over the same hand-over frames.
+    second = layout.chunks[1]
+    w = dict(WIDGETS, **REFERENCE, seed=1)
+    prompt = long_prompt("pan.mp4", dit=DIT_NAME, vae=VAE_NAME, **w)
+    del prompt[NODE]
+    prompt["8"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["4", 0]}}
+    prompt["9"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["8", 0], "batch_index": second.start,
+                                                              "length": second.frames}}  # fmt: skip
+    add_short_graph(prompt, ["9", 0], w, "hard_cut")
+    assert lv.run(prompt).status == "success"
+    alone = to_uint8(torch.from_numpy(np.load(lv.output_dir / "hard_cut.npy")))
+    end = layout.chunks[2].start
+    cut = np.concatenate([frames[: second.start], alone[: end - second.start]])
+
+    def proxy(x, at):
+        return flicker(at, rearrange(torch.from_numpy(x[:end]).float() / 255, "n h w c -> 1 c n h w"))
+
+    region = set(range(second.start, second.start + second.held + 1))
+    measured = {name: (proxy(x, {second.start}), proxy(x, region)) for name, x in (("held", frames), ("cut", cut))}
+    print(f"\nchunk-border flicker / inside: {ratio:.3f} over frames {sorted(borders)}; at the first border, "
+          f"into its first frame / over its hand-over frames: held and faded {measured['held'][0]:.3f} / "
+          f"{measured['held'][1]:.3f}, a hard cut {measured['cut'][0]:.3f} / {measured['cut'][1]:.3f}")  # fmt: skip
     assert ratio <= 1.0
+    assert measured["held"][0] < measured["cut"][0] and measured["held"][1] < measured["cut"][1], measured
 
 
 def test_a_killed_server_resumes_and_gives_the_uninterrupted_runs_frames(lv):
