@@ -152,8 +152,8 @@ def read_frames(video, source: Source, start: int, stop: int) -> torch.Tensor:
     pts, tb = source.pts, source.time_base
 
     def between(i: int) -> float:
-        # A time between frames i - 1 and i (half a frame before i), so the host's rounding of seconds to
-        # timestamps can fall on neither frame.
+        # Half a frame before frame i: however the host rounds these seconds back to a timestamp, it lands
+        # after frame i - 1 and at or before frame i.
         return float((pts[i] - (pts[i] - pts[i - 1]) / 2) * tb) if i > 0 else 0.0
 
     if hasattr(video, "as_trimmed"):
@@ -263,7 +263,6 @@ class SegmentWriter:
     def __init__(self, path: Path, hw: tuple[int, int], rate: Fraction, crf: int):
         self.path = path
         self.partial = path.with_name(path.stem + ".partial" + path.suffix)
-        self.count = 0
         self.writer = imageio_ffmpeg.write_frames(
             str(self.partial), (hw[1], hw[0]), fps=rate, quality=None, macro_block_size=1,
             ffmpeg_log_level="error", **encoder_options(crf),
@@ -275,7 +274,6 @@ class SegmentWriter:
         for i in range(0, frames.shape[0], WRITE_GROUP):
             for frame in to_uint8(frames[i : i + WRITE_GROUP]):
                 self.writer.send(np.ascontiguousarray(frame))
-                self.count += 1
 
     def finish(self) -> None:
         self.writer.close()
@@ -323,7 +321,7 @@ def finished_key(path: Path) -> str | None:
 def assemble(segments: list[Path], source: Source, out: Path, key: str, layout: ChunkLayout) -> None:
     """The finished video from the segments, stream-copied (no re-encode) with the source's sound tracks
     (copied too; re-encoded to AAC only where the mp4 container cannot hold them), under a .partial name,
-    checked (frame count, frame rate), then renamed to `out`."""
+    checked (its frame count; a frame rate that differs is logged), then renamed to `out`."""
     work = segments[0].parent
     listing = work / "segments.ffconcat"
     escaped = [str(p).replace("'", "'\\''") for p in segments]
