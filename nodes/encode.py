@@ -136,15 +136,7 @@ def decode_tiled(vae, x: torch.Tensor, tiles: DecodeTiles) -> torch.Tensor:
         raise ValueError(
             f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model."
         )
-    if tiles.overlap_px * 2 > tiles.tile_px:
-        raise ValueError(
-            f"overlap_px: {tiles.overlap_px} is more than half of tile_px {tiles.tile_px}; use at most "
-            f"{tiles.tile_px // 2}, or raise tile_px to {tiles.overlap_px * 2}."
-        )
-    if tiles.temporal_overlap * 2 > tiles.temporal_frames:
-        raise ValueError(
-            f"temporal_overlap: {tiles.temporal_overlap} is more than half of temporal_frames {tiles.temporal_frames}."
-        )
+    check_tiles(tiles)
     check_finite(x, "samples")
     s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
     images = vae.decode_tiled(
@@ -152,6 +144,20 @@ def decode_tiled(vae, x: torch.Tensor, tiles: DecodeTiles) -> torch.Tensor:
         tile_t=max(2, tiles.temporal_frames // ts), overlap_t=max(1, tiles.temporal_overlap // ts),
     )  # fmt: skip
     return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
+
+
+def check_tiles(tiles: DecodeTiles, prefix: str = "") -> None:
+    """Raises unless the tiles' overlaps fit them; `prefix` is the widgets' prefix on the node that has them."""
+    if tiles.overlap_px * 2 > tiles.tile_px:
+        raise ValueError(
+            f"{prefix}overlap_px: {tiles.overlap_px} is more than half of {prefix}tile_px {tiles.tile_px}; use at "
+            f"most {tiles.tile_px // 2}, or raise {prefix}tile_px to {tiles.overlap_px * 2}."
+        )
+    if tiles.temporal_overlap * 2 > tiles.temporal_frames:
+        raise ValueError(
+            f"{prefix}temporal_overlap: {tiles.temporal_overlap} is more than half of {prefix}temporal_frames "
+            f"{tiles.temporal_frames}. Use at most {tiles.temporal_frames // 2}."
+        )
 
 
 class TiledDecode(io.ComfyNode):

@@ -22,6 +22,7 @@ from .paths import REPO, comfy_root, host_python
 log = logging.getLogger(__name__)
 PACK_DIR_NAME = "ComfyUI-PatchVSR"
 TEST_NODES_DIR = Path(__file__).parent / "test_nodes"
+PROGRESS_TEXT = (3).to_bytes(4, "big")  # ComfyUI's binary event type of a node's progress text (protocol.py)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class PromptResult:
     outputs: dict = field(default_factory=dict)  # node id -> its UI output, from /history
     error: dict = field(default_factory=dict)  # the rejection body, or the execution_error message
     messages: list = field(default_factory=list)  # every websocket message about this prompt
+    # (node id, text) of the progress texts nodes sent while it ran (binary event 3; they name no prompt)
+    texts: list = field(default_factory=list)
 
     def files(self, output_dir: Path, suffix: str = ".mp4") -> list[Path]:
         """Paths of the files that output nodes saved to the output folder (not temp previews)."""
@@ -246,6 +249,9 @@ class ComfyServer:
                     raise RuntimeError(f"ComfyUI died while running a prompt:\n{self.log_tail()}")
                 raw = ws.recv()
                 if not isinstance(raw, str):
+                    if raw[:4] == PROGRESS_TEXT:  # then the node id's length, the node id, the text
+                        size = int.from_bytes(raw[4:8], "big")
+                        result.texts.append((raw[8 : 8 + size].decode(), raw[8 + size :].decode(errors="replace")))
                     continue  # binary preview frames
                 msg = json.loads(raw)
                 data = msg.get("data", {})

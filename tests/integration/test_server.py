@@ -20,6 +20,7 @@ PACK_NODES = [
     "PatchVSR_Decode",
     "PatchVSR_AdapterLoader",
     "PatchVSR_Trainer",
+    "PatchVSR_LongVideo",
 ]  # fmt: skip
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 

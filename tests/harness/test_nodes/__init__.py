@@ -5,8 +5,10 @@ the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validat
 LatentStats reports on sampler outputs.
 """
 
+import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -551,9 +553,111 @@ class AdapterInfo(io.ComfyNode):
         return io.NodeOutput(ui={"patchvsr_adapter": [info]})
 
 
+class PoolCodec(torch.nn.Module):
+    """A stand-in for a Wan 2.1 VAE's network with its shapes (16 channels, 8x space, 1 + 4k frames in time)
+    and none of its cost: encode averages each latent cell's pixels (the first frame alone, then groups of 4),
+    decode repeats them back."""
+
+    def encode(self, x):  # [B, 3, N, H, W] -> [B, 16, T, H/8, W/8]
+        first, rest = x[:, :, :1], x[:, :, 1:]
+        groups = rest.reshape(*rest.shape[:2], -1, 4, *rest.shape[3:]).mean(3) if rest.shape[2] else rest
+        z = torch.nn.functional.avg_pool3d(torch.cat([first, groups], 2), (1, 8, 8))
+        return z.repeat(1, 6, 1, 1, 1)[:, :16]
+
+    def decode(self, z):  # [B, 16, T, h, w] -> [B, 3, 4T - 3, 8h, 8w]
+        x = z[:, :3].repeat_interleave(8, 3).repeat_interleave(8, 4)
+        return torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(4, 2)], 2)
+
+
+class CheapVAE(io.ComfyNode):
+    """A copy of a Wan 2.1 VAE whose network is the PoolCodec: ComfyUI's own VAE around it (encode, the tiled
+    decode with its full-size buffers) runs as usual, for tests where the frame count and size matter and the
+    pictures do not (peak memory over long clips). The input VAE is not changed."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_CheapVAE",
+            display_name="Cheap VAE (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Vae.Input("vae", tooltip="A Wan 2.1 VAE to copy.")],
+            outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, vae) -> io.NodeOutput:
+        cheap = copy.copy(vae)
+        cheap.first_stage_model = PoolCodec()
+        return io.NodeOutput(cheap)
+
+
+class SaveFrames(io.ComfyNode):
+    """An output node that saves IMAGE frames as a float32 .npy in the output folder, for exact comparisons."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_SaveFrames",
+            display_name="Save Frames (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Image.Input("images", tooltip="The frames to save."),
+                io.String.Input("tag", default="frames", tooltip="File name (without .npy) in the output folder."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, tag) -> io.NodeOutput:
+        import folder_paths
+        import numpy as np
+
+        np.save(Path(folder_paths.get_output_directory()) / f"{tag}.npy", images.float().cpu().numpy())
+        return io.NodeOutput(ui={"patchvsr_frames": [{"tag": tag, "shape": list(images.shape)}]})
+
+
+def _pack_module(name: str):
+    """One of the pack's node modules as this server loaded it (through a symlinked folder, under a name of
+    the host's choosing): found by its file."""
+    path = (REPO / "nodes" / f"{name}.py").resolve()
+    found = [
+        m for m in list(sys.modules.values()) if getattr(m, "__file__", None) and Path(m.__file__).resolve() == path
+    ]
+    assert found, f"the server has not loaded {path}"
+    return found[0]
+
+
+class ReadFrames(io.ComfyNode):
+    """Frames start..stop-1 of a file-backed VIDEO as the long-video node reads them for a chunk, to compare
+    with the host's Get Video Components."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ReadFrames",
+            display_name="Read Frames (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Video.Input("video", tooltip="A VIDEO from Load Video."),
+                io.Int.Input("start", default=0, min=0, max=1 << 20, tooltip="First frame."),
+                io.Int.Input("stop", default=1, min=1, max=1 << 20, tooltip="One past the last frame."),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, video, start, stop) -> io.NodeOutput:
+        pack = _pack_module("long_video")
+        return io.NodeOutput(pack.read_frames(video, pack.open_source(video), start, stop))
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [
+            CheapVAE,
+            SaveFrames,
+            ReadFrames,
             ModelDims,
             AdapterInfo,
             ZeroTextConditioning,
