@@ -27,7 +27,7 @@ from einops import rearrange
 from .plan import VAE_TIME_STRIDE, latent_frames, pixel_frames
 
 # Bumped whenever what a chunk computes changes, so chunks made by older code are never reused.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,19 @@ def fade_in(held: int) -> torch.Tensor:
     return torch.arange(1, held + 1, dtype=torch.float32) / (held + 1)
 
 
-def cross_fade(previous: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """previous, new: [N, H, W, 3] the same frames from two chunks -> [N, H, W, 3] faded from one to the other."""
-    assert previous.shape == new.shape, f"cross-fade of {tuple(previous.shape)} and {tuple(new.shape)}"
-    w = rearrange(fade_in(new.shape[0]).to(new), "n -> n 1 1 1")
-    return previous * (1 - w) + new * w
+def cross_fade(previous: torch.Tensor, new: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """previous: [held, H, W, 3] the previous chunk's shared frames; new: [n, H, W, 3] the new chunk's frames
+    from its frame `start` on (a decoded slice) -> [n, H, W, 3] with those among the shared frames faded
+    from the previous chunk's to the new chunk's (fade_in's weights at their places), the rest unchanged."""
+    held = previous.shape[0]
+    m = max(0, min(held - start, new.shape[0]))
+    assert previous.shape[1:] == new.shape[1:], f"cross-fade of {tuple(previous.shape)} and {tuple(new.shape)}"
+    if m == 0:
+        return new
+    w = rearrange(fade_in(held)[start : start + m].to(new), "n -> n 1 1 1")
+    out = new.clone()
+    out[:m] = previous[start : start + m].to(new) * (1 - w) + new[:m] * w
+    return out
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -134,6 +142,12 @@ DECODE_COPIES = 4
 def decode_peak_bytes(frames: int, hw: tuple[int, int]) -> int:
     """Bytes ComfyUI's tiled decode holds at its peak for `frames` frames of hw (h, w) pixels."""
     return DECODE_COPIES * frames * hw[0] * hw[1] * 3 * 4
+
+
+def slice_frames(temporal_frames: int) -> int:
+    """Frames one temporal slice of the streamed decode makes (nodes/encode.py decode_stream): whole latent
+    frames of `temporal_frames` pixel frames, the first of them one frame (a causal VAE's start)."""
+    return VAE_TIME_STRIDE * max(2, temporal_frames // VAE_TIME_STRIDE) - (VAE_TIME_STRIDE - 1)
 
 
 def chunk_seed(seed: int, index: int) -> int:

@@ -51,7 +51,7 @@ from ..models.long_video import (
     to_uint8,
 )
 from .context import GlobalContextEncoder, encode_context
-from .encode import DecodeTiles, check_tiles, decode_tiled, encode_upscaled
+from .encode import DecodeTiles, check_tiles, decode_stream, encode_upscaled
 from .host import Progress, check_vae, model_family
 from .partition import PatchPartitioner, PlanSettings, plan_video
 from .sampler import PatchSampler, SamplerSettings, check_conditioning, sample
@@ -544,23 +544,36 @@ class Run:
         out = sample(self.model, self.positive, self.negative, {"samples": latent}, plan, settings, context,
                      self.stitch, self.adapter, progress, hold)["samples"]  # fmt: skip
         del latent, context  # sampled: only the result is needed from here on
-        # 3. Decode (ComfyUI's tiled decode, in space and time), cross-fade the held frames from the previous
-        #    chunk's pixels to this chunk's, keep the tail the next chunk holds, write the segment.
-        frames = decode_tiled(self.vae, out, s.decode)
-        del out
-        progress.check()
-        if previous is not None:
-            frames[: c.held] = cross_fade(previous, frames[: c.held])
+        # 3. Decode in temporal slices (decode_stream) and hand each slice's frames on at once: cross-fade the
+        #    held frames from the previous chunk's pixels to this chunk's, keep the tail the next chunk holds,
+        #    write the rest, so a chunk's decoded frames are never all in memory together.
         nxt = self.layout.chunks[c.index + 1] if c.index + 1 < len(self.layout.chunks) else None
-        if nxt is not None:
-            tail = to_uint8(frames[nxt.start - c.start : c.stop - c.start])
-            save_atomic(self.tail(c.index), lambda f: np.save(f, tail))
+        tail_from = nxt.start - c.start if nxt is not None else None  # chunk frames the next chunk holds
+        write_stop = c.write_stop - c.start
+        tail: list[np.ndarray] = []
+        done = [0]  # chunk frames handed on so far
         writer = SegmentWriter(self.segment(c.index), plan.geometry.target_hw, self.source.frame_rate, s.crf)
+
+        def take(frames: torch.Tensor) -> None:
+            start, n = done[0], frames.shape[0]
+            if previous is not None:
+                frames = cross_fade(previous, frames, start)
+            if tail_from is not None and start + n > tail_from:
+                tail.append(to_uint8(frames[max(0, tail_from - start) :]))
+            if start < write_stop:
+                writer.write(frames[: write_stop - start])
+            done[0] += n
+            progress.check()
+
         try:
-            writer.write(frames[: c.write_stop - c.start])
+            decode_stream(self.vae, out, s.decode, take)
             writer.finish()
         finally:
             writer.abandon()
+        del out
+        if tail:
+            frames_held = np.concatenate(tail)
+            save_atomic(self.tail(c.index), lambda f: np.save(f, frames_held))
         if c.index > 0:
             self.tail(c.index - 1).unlink(missing_ok=True)  # held by this chunk, which is finished
 
@@ -652,11 +665,12 @@ class LongVideo(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "decode_temporal_frames",
-                    default=64,
+                    default=32,
                     min=8,
                     max=4096,
                     step=4,
-                    tooltip="Pixel frames decoded at a time.",
+                    tooltip="Pixel frames decoded at a time: the RAM peak of a chunk's decode grows with it (at 4K "
+                    "about 0.4 GB per frame); each slice's frames are written before the next is decoded.",
                 ),
                 io.Int.Input(
                     "decode_temporal_overlap",

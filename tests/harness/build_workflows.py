@@ -224,7 +224,7 @@ def long_note(steps: int, cfg: float) -> str:
     """What the long-video workflow costs, from the chunk layout and the plans its node makes."""
     from models.blend import StitchConfig
     from models.cost import total_evaluations
-    from models.long_video import chunk_layout, decode_peak_bytes
+    from models.long_video import chunk_layout, decode_peak_bytes, slice_frames
     from models.plan import video_plan
 
     base = note_plan("4K", "video")
@@ -237,15 +237,15 @@ def long_note(steps: int, cfg: float) -> str:
 
     lr = NOTE_CLIPS["video"]
     shot, long = 24 * 10, 24 * 120
-    ram = decode_peak_bytes(NOTE_FRAMES, g.target_hw) / 1e9
+    ram = decode_peak_bytes(slice_frames(32), g.target_hw) / 1e9  # the node's default decode_temporal_frames
     return (
         f"For a {lr[1]}x{lr[0]} clip at 24 fps: {g.target_hw[1]}x{g.target_hw[0]}, chunks of {NOTE_FRAMES} frames "
         f"sharing 9 (chunk_overlap 3): a 10 s shot ({shot} frames) runs {len(chunk_layout(shot, NOTE_FRAMES, 3).chunks)} "
         f"chunks and {evaluations(shot)} patch evaluations at {steps} steps, cfg {cfg:g}; a 2-minute one "
         f"{len(chunk_layout(long, NOTE_FRAMES, 3).chunks)} chunks, {evaluations(long)} evaluations (one {NOTE_FRAMES}-frame "
         f"chunk costs what the 4K workflow's {NOTE_FRAMES}-frame clip does: {total_evaluations(base, StitchConfig(), steps, cfg)}). "
-        f"GPU memory is one chunk's, whatever the length; in RAM, ComfyUI's tiled decode of one 4K chunk peaks at "
-        f"about {ram:.0f} GB (lower **window_frames**, e.g. to 41, to halve it)."
+        f"GPU memory is one chunk's, whatever the length; in RAM, ComfyUI's tiled decode of one slice of a 4K "
+        f"chunk peaks at about {ram:.0f} GB (**decode_temporal_frames** 16 roughly halves it)."
     )
 
 
