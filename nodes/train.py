@@ -182,6 +182,9 @@ class AdapterTrainer(io.ComfyNode):
                     default=D.seed,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    # Fixed: newer frontends randomize an INT named seed after each run unless told otherwise,
+                    # and a run queued again must resume with the same seed.
+                    control_after_generate=False,
                     tooltip="Seed of crops, noise and data order.",
                 ),
                 io.Float.Input(
