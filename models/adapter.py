@@ -54,6 +54,12 @@ MICRO_FIELDS = 6  # scale factor, noise level, crop y0, x0, y1, x1 (fractions of
 
 
 WeightOf = Callable[[nn.Module, str], torch.Tensor]  # (layer, parameter name) -> its values as real numbers
+# The host's per-layer attention choice (upstream ComfyUI's ComfyAttention, comfy/ldm/modules/attention.py):
+# the backend a checkpoint asks for (e.g. int8 attention), read from and written to the state dict as a
+# `config` tensor. Copies drop it: they run in their own dtype on the host's default attention, and their
+# state dict, so the adapter file, holds weights only (an older host refuses the extra key, and the file's
+# float32 copy of it is no config a newer host can parse).
+HOST_ATTENTION_CONFIG = "ComfyAttention"
 
 
 def stored_tensor(layer: nn.Module, name: str) -> torch.Tensor:
@@ -103,7 +109,11 @@ def plain_copy(module: nn.Module, dtype: torch.dtype, weight_of: WeightOf = stor
         else:  # a parameter a block owns itself (Wan's modulation)
             for name, p in sub.named_parameters(recurse=False):
                 memo[id(p)] = nn.Parameter(weight_of(sub, name).detach().to(dtype=dtype, copy=True))
-    return copy.deepcopy(module, memo)
+    out = copy.deepcopy(module, memo)
+    for sub in out.modules():
+        if type(sub).__name__ == HOST_ATTENTION_CONFIG:
+            sub.config = sub.function = None
+    return out
 
 
 def equal_intervals(n_layers: int, k: int) -> tuple[int, ...]:
@@ -414,19 +424,16 @@ class PatchVSRAdapter(nn.Module):
                 out[f"{key}.alpha"] = m.alpha.detach()
         return out
 
-    def file_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything the adapter file holds: branch, G-CA and micro weights, and LoRA in ComfyUI naming."""
-        sd = {k: v for k, v in self.state_dict().items() if not k.startswith("lora.")}
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """Every weight and buffer under the adapter file's key names (branch, G-CA and micro weights; LoRA in
+        ComfyUI naming), as held: views of the adapter's own storage in its own dtypes, not copies."""
+        # Weights only: a layer's extra state (the host's attention config) never enters the file.
+        weights = {k for k, _ in self.named_parameters(remove_duplicate=False)}
+        weights |= {k for k, _ in self.named_buffers(remove_duplicate=False)}
+        sd = {k: v for k, v in self.state_dict().items() if k in weights and not k.startswith("lora.")}
         sd.update(self.lora_state_dict())
-        return {k: v.detach().float().contiguous() for k, v in sd.items()}
+        return sd
 
-    def load_file_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Inverse of file_state_dict; the caller has already checked keys and shapes."""
-        own = {k: v for k, v in sd.items() if not k.startswith("diffusion_model.")}
-        for i in range(self.cfg.base_layers):
-            for target in LORA_TARGETS:
-                key, name = lora_key(i, target), _module_name(i, target)
-                own[f"lora.{name}.up"] = sd[f"{key}.lora_up.weight"]
-                own[f"lora.{name}.down"] = sd[f"{key}.lora_down.weight"]
-                own[f"lora.{name}.alpha"] = sd[f"{key}.alpha"]
-        self.load_state_dict(own, strict=True)
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """What the adapter file holds: file_tensors in float32."""
+        return {k: v.detach().float().contiguous() for k, v in self.file_tensors().items()}

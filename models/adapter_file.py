@@ -28,17 +28,30 @@ def save_adapter(adapter: PatchVSRAdapter, path: Path, extra_meta: dict | None =
     return path
 
 
+def _unreadable(name: str, e: Exception) -> ValueError:
+    return ValueError(f"adapter '{name}' is not a readable safetensors file ({e}). Re-download or re-export it.")
+
+
 def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
-    """(config, tensors) of an adapter file, with the format checked but not yet the base model."""
+    """(config, tensors) of an adapter file, with the format checked but not yet the base model. Every tensor
+    in memory at once (tools and tests); load_adapter reads them one at a time."""
+    cfg, _ = read_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return cfg, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(Path(path).name, e) from e
+
+
+def read_header(path: Path) -> tuple[AdapterConfig, dict[str, tuple[int, ...]]]:
+    """(config, shape of every tensor) of an adapter file, with the format checked; no tensor is read."""
     name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(
-            f"adapter '{name}' is not a readable safetensors file ({e}). Re-download or re-export it."
-        ) from e
+        raise _unreadable(name, e) from e
     if META_KEY not in meta:
         raise ValueError(
             f"adapter '{name}' has no PatchVSR config in its metadata: it is not a PatchVSR adapter (a plain LoRA goes in lora_name)."
@@ -57,7 +70,7 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         raise ValueError(
             f"adapter '{name}' uses file format {cfg.format_version}; this pack reads up to {FORMAT_VERSION}. Update ComfyUI-PatchVSR."
         )
-    return cfg, tensors
+    return cfg, shapes
 
 
 def check_base(cfg: AdapterConfig, dim: int, layers: int, heads: int, channels: int, name: str) -> None:
@@ -70,20 +83,37 @@ def check_base(cfg: AdapterConfig, dim: int, layers: int, heads: int, channels: 
         )
 
 
-def check_tensors(adapter: PatchVSRAdapter, tensors: dict[str, torch.Tensor], name: str) -> None:
-    """Keys and shapes must match what the config builds, exactly."""
-    want = {k: tuple(v.shape) for k, v in adapter.file_state_dict().items()}
-    missing = sorted(set(want) - set(tensors))
-    unexpected = sorted(set(tensors) - set(want))
+def check_shapes(adapter: PatchVSRAdapter, shapes: dict[str, tuple[int, ...]], name: str) -> None:
+    """The file's keys and shapes must match what the config builds, exactly."""
+    want = {k: tuple(v.shape) for k, v in adapter.file_tensors().items()}
+    missing = sorted(set(want) - set(shapes))
+    unexpected = sorted(set(shapes) - set(want))
     if missing or unexpected:
         raise ValueError(
             f"adapter '{name}' does not match its own config: {len(missing)} missing keys {missing[:3]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:3]}. The file is damaged or from another tool."
         )
-    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {s})" for k, s in want.items() if tuple(tensors[k].shape) != s]
+    wrong = [f"{k} {shapes[k]} (expected {s})" for k, s in want.items() if shapes[k] != s]
     if wrong:
         raise ValueError(f"adapter '{name}' has {len(wrong)} tensors of the wrong shape, e.g. {wrong[0]}.")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def load_tensors(adapter: PatchVSRAdapter, path: Path, name: str) -> None:
+    """Copies the file's tensors into `adapter` (its keys and shapes already checked) one at a time: none is
+    held beyond its copy. The file holds float32 weights (2.3 GB for Wan 2.1 1.3B, 24 GB for 14B); the adapter
+    keeps them in the compute dtype (docs/real_dims.md)."""
+    own = adapter.file_tensors()
+    bad = []
+    try:
+        with torch.no_grad(), safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                value = f.get_tensor(key)
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    bad.append(key)
+                else:
+                    own[key].copy_(value)  # cast to the adapter's dtype, as load_state_dict does
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(name, e) from e
     if bad:
         raise ValueError(f"adapter '{name}' holds NaN or infinite weights in {bad[:3]}: the training diverged.")
 
@@ -93,9 +123,9 @@ def load_adapter(path: Path, base_blocks, patch_embedding, dims: tuple[int, int,
     """Reads, checks against the base (dim, layers, heads, channels) and builds the adapter, its copied
     blocks in `dtype` (see PatchVSRAdapter)."""
     name = Path(path).name
-    cfg, tensors = read_adapter(path)
+    cfg, shapes = read_header(path)
     check_base(cfg, *dims, name)
     adapter = PatchVSRAdapter(cfg, base_blocks, patch_embedding, dtype, weight_of)
-    check_tensors(adapter, tensors, name)
-    adapter.load_file_state_dict(tensors)
+    check_shapes(adapter, shapes, name)
+    load_tensors(adapter, path, name)
     return adapter

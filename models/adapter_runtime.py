@@ -11,6 +11,7 @@ Dimension legend as in models/adapter.py.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,24 +90,70 @@ def compute_call(dm, adapter: PatchVSRAdapter, lr: torch.Tensor, micro: torch.Te
     return AdapterCall(tuple(hints), tokens, adapter.micro(micro).to(lr.dtype))
 
 
-def gca_override(gca, tokens: torch.Tensor, text_len: int, inner: Callable | None) -> Callable:
+# Hosts that hand attention its inputs in single-owner containers (upstream ComfyUI's AttentionTensorContainer,
+# comfy/ldm/modules/attention.py `wrap_attn`) mark the call with this keyword while it runs, so that the
+# backend it reaches does not dispatch again; an override that dispatches again must drop it.
+ATTENTION_REENTRY_KEY = "_inside_attn_wrapper"
+
+
+def module_attention(layer) -> Callable | None:
+    """The attention function `layer`'s forward calls (Wan's attention layers call their module's
+    `optimized_attention`): what the host runs when no override is set."""
+    return getattr(sys.modules.get(type(layer).__module__), "optimized_attention", None)
+
+
+def gca_override(gca, tokens: torch.Tensor, text_len: int, inner: Callable | None,
+                 preferred: tuple = (), attention: Callable | None = None) -> Callable:  # fmt: skip
     """An `optimized_attention_override` for one run of one block: the block's second attention is its text
     cross-attention (WanAttentionBlock: self-attention, then cross-attention); G-CA's output is added to
     that attention's output, before the cross-attention's output projection. `inner` is an override
-    another extension set: it still computes every attention of the base."""
+    another extension set: it still computes every attention of the base.
+
+    Newer hosts (upstream ComfyUI's `wrap_attn`) give attention its q, k, v in containers and the attention
+    layer's preferred backend (its `comfy_attention`, e.g. int8 attention a checkpoint asks for). They
+    call an override's `container_function` with the containers; an override without one gets the tensors
+    taken out, and the preferred backend is skipped for every attention of the block. So this override has
+    a container_function that runs each attention as the host would without it: `attention` (the host's
+    function) dispatched again with `inner` as the override and `preferred[i]` (the block's i-th attention
+    layer's backend, or None) as the preferred backend. Hosts without containers call the override itself."""
     seen = [0]
 
-    def override(func, q, k, v, *args, **kwargs):
-        out = inner(func, q, k, v, *args, **kwargs) if inner is not None else func(q, k, v, *args, **kwargs)
-        seen[0] += 1
-        if seen[0] == 2:
-            assert k.shape[1] == text_len and q.ndim == 3, (
-                f"the block's second attention has keys {tuple(k.shape)}, not the {text_len} text tokens: "
-                "this host's Wan block is not self-attention then text cross-attention"
-            )
-            out = out + gca(q, tokens).to(out.dtype)
-        return out
+    def add_gca(q: torch.Tensor, k_len: int, out: torch.Tensor) -> torch.Tensor:
+        assert k_len == text_len and q.ndim == 3, (
+            f"the block's second attention has {k_len} keys and a query of shape {tuple(q.shape)}, not the "
+            f"{text_len} text tokens: this host's Wan block is not self-attention then text cross-attention"
+        )
+        return out + gca(q, tokens).to(out.dtype)
 
+    def override(func, q, k, v, *args, **kwargs):
+        seen[0] += 1
+        backend = preferred[seen[0] - 1] if seen[0] <= len(preferred) else None
+        if inner is not None:
+            out = inner(func, q, k, v, *args, **kwargs)
+        elif getattr(backend, "function", None) is not None:
+            out = backend.function(q, k, v, *args, **kwargs)  # the host's reentry keyword skips this override
+        else:
+            out = func(q, k, v, *args, **kwargs)
+        return add_gca(q, k.shape[1], out) if seen[0] == 2 else out
+
+    def with_containers(q, k, v, *args, **kwargs):
+        seen[0] += 1
+        backend = preferred[seen[0] - 1] if seen[0] <= len(preferred) else None
+        # The backend takes the tensors out of their containers and may free them: keep G-CA's query.
+        query, k_len = (q.peek(), k.peek().shape[1]) if seen[0] == 2 else (None, 0)
+        opts = dict(kwargs.get("transformer_options", {}))
+        opts.pop("optimized_attention_override", None)  # this override: the host must not come back here
+        if inner is not None:
+            opts["optimized_attention_override"] = inner
+        again = {key: value for key, value in kwargs.items() if key != ATTENTION_REENTRY_KEY}
+        again["transformer_options"] = opts
+        if backend is not None:
+            again["preferred_attention"] = backend
+        assert attention is not None, "a host that passes attention containers has an attention function"
+        out = attention(q, k, v, *args, **again)
+        return add_gca(query, k_len, out) if query is not None else out
+
+    override.container_function = with_containers
     return override
 
 
@@ -121,6 +168,10 @@ def block_patch(
     interval = adapter.cfg.interval_of(index)
     gca = adapter.gca[index]
     inside = adapter.cfg.gca_in_cross_attention
+    # The block's attention layers in call order, with the backend each prefers (hosts that have them).
+    layers = (block.self_attn, block.cross_attn)
+    preferred = tuple(getattr(layer, "comfy_attention", None) for layer in layers)
+    attention = module_attention(block.cross_attn)
 
     def patch(args: dict, extra: dict) -> dict:
         call: AdapterCall | None = args["transformer_options"].get(CALL_KEY)
@@ -130,7 +181,8 @@ def block_patch(
 
         def run(a: dict, original: Callable) -> dict:
             if inside and call.tokens is not None:  # a fresh override per run: it counts the block's attentions
-                override = gca_override(gca, call.tokens, a["txt"].shape[1], opts.get("optimized_attention_override"))
+                override = gca_override(gca, call.tokens, a["txt"].shape[1], opts.get("optimized_attention_override"),
+                                        preferred, attention)  # fmt: skip
                 a = {**a, "transformer_options": {**opts, "optimized_attention_override": override}}
             return original(a) if inner is None else inner(a, extra)
 

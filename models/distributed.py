@@ -7,12 +7,18 @@ NCCL on CUDA, gloo on the CPU (the tests run two CPU processes with gloo).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 # Latent caching runs before training and each rank encodes its share of the clips; a rank that finishes
 # first waits at a barrier for the slowest. NCCL's default 10 minutes is too short for a big data folder.
@@ -88,3 +94,66 @@ def init(world: World) -> None:
 def close(world: World) -> None:
     if world.active:
         dist.destroy_process_group()
+
+
+def end_process(world: World, code: int) -> NoReturn:
+    """Ends the process with exit status `code`, once its files are written and closed and close() has run.
+
+    A rank of a multi-process run ends at once (os._exit), without the interpreter's finalisation and the
+    C++ static destructors. Once FSDP2 has run, the process group outlives destroy_process_group (torch
+    keeps it: DTensor's caches hold its DeviceMesh, and references invisible to Python's GC hold the group),
+    so its native threads, gloo's and on rank 0 the TCPStore server's, still run at exit. Static destructors
+    running under live threads is undefined behaviour: a crash after the work is done, which torchrun would
+    report as a failed run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if world.size > 1:
+        logging.shutdown()  # os._exit skips atexit, where logging flushes its handlers
+        os._exit(code)
+    sys.exit(code)
+
+
+# -- data parallel training ---------------------------------------------------------------------------------
+def wrap(module: nn.Module, world: World, device, shard: bool, units: Iterable[nn.Module] = ()) -> nn.Module:
+    """`module` as the ranks train it together: itself in a world of one; DDP (every rank holds all
+    weights, gradients averaged) or, with `shard`, FSDP2 with each of `units` sharded on its own and the
+    rest of `module` in its root unit (gathered from forward to backward)."""
+    if not world.active:
+        return module
+    if not shard:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Gradients as views into DDP's buckets: no second fp32 copy of them (4 bytes per trained weight).
+        return DistributedDataParallel(module, gradient_as_bucket_view=True)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (world.size,))
+    # FSDP2 warns that modules returning views may skip an all-gather in the backward if the view is changed
+    # in place. The trainer's units use their outputs out of place only; tests/unit/test_train.py checks that
+    # sharded training follows one process's losses.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+def full_tensor(t: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """The whole tensor of a (possibly FSDP-sharded) parameter or optimiser state, on the CPU; None where
+    not `keep` (the ranks that write nothing: 8 CPU copies of a 14B adapter's state would not fit a node's
+    memory). A collective for a sharded one: every rank calls it, in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    t = t.full_tensor() if isinstance(t, DTensor) else t
+    return t.detach().cpu().contiguous() if keep else None
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` (from a checkpoint) laid out as `like`: this rank's shard of it where `like` is sharded."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    full = full.to(device=like.device, dtype=like.dtype)
+    if isinstance(like, DTensor):  # every rank holds the whole tensor: each keeps its shard, no traffic
+        return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+    return full

@@ -48,6 +48,23 @@ def sampler_bytes(latent_shape: Sequence[int], conds: int, context: bool) -> int
     return sampler_frames(conds, context) * math.prod(latent_shape) * FP32_BYTES
 
 
+# The model option newer hosts set with an attention override (upstream ComfyUI's
+# ModelPatcher.set_model_optimized_attention): whether that attention's memory grows linearly with tokens.
+MEMORY_EFFICIENT_ATTENTION = "optimized_attention_memory_efficient"
+
+
+def host_estimate(base_model, model_options: dict, helper: Callable | None = None) -> Callable[[list[int]], float]:
+    """shape -> bytes: the host's memory estimate for one model input shape, asked as the host's own sampler
+    asks it, so the reservation built from it matches the host's. Newer hosts go through `helper` (upstream
+    ComfyUI's comfy.model_patcher.call_model_memory_required, called by comfy/sampler_helpers.py
+    estimate_memory with the model's MEMORY_EFFICIENT_ATTENTION option); older ones have only the model's
+    own memory_required."""
+    if helper is None:
+        return lambda shape: base_model.memory_required(shape)
+    flag = model_options.get(MEMORY_EFFICIENT_ATTENTION)
+    return lambda shape: helper(base_model, shape, cond_shapes={}, memory_efficient_attention=flag)
+
+
 def reserve_shape(
     memory_required: Callable[[list[int]], float], patch_shape: Sequence[int], extra_bytes: float
 ) -> list[int]:

@@ -3,6 +3,7 @@
 from .adapter import AdapterLoader, register_folder
 from .context import GlobalContextEncoder
 from .encode import TiledDecode, UpscaleEncode
+from .long_video import LongVideo
 from .partition import PatchPartitioner
 from .sampler import PatchSampler
 from .stitch import LatentStitcher
@@ -17,5 +18,6 @@ NODES = [
     TiledDecode,
     AdapterLoader,
     AdapterTrainer,
+    LongVideo,
 ]
 __all__ = ["NODES", "register_folder"]

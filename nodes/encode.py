@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -127,31 +128,73 @@ class DecodeTiles:
     temporal_overlap: int = 8
 
 
-def decode_tiled(vae, x: torch.Tensor, tiles: DecodeTiles) -> torch.Tensor:
-    """x: [B, C, T, h, w] latent -> [N, H, W, 3] frames through ComfyUI's tiled decode, or a ValueError naming
-    the input; the decode node and the long-video path (one chunk at a time) decode here."""
+def decode_stream(vae, x: torch.Tensor, tiles: DecodeTiles, emit: Callable[[torch.Tensor], None]) -> None:
+    """x: [B, C, T, h, w] latent -> emit(frames [n, H, W, 3]) with the decoded frames in order (row by row),
+    one temporal slice at a time, or a ValueError naming the input. ComfyUI's tiled decode runs on slices of
+    `temporal_frames` frames (its spatial tiles inside each); consecutive slices share `temporal_overlap`
+    frames and cross-fade over them, and a slice's frames are handed on as soon as the next slice no longer
+    needs them. Memory holds one slice's frames and ComfyUI's buffers for it, not the clip's (its tiled
+    decode keeps several full-size copies of what it decodes). The decode node and the long-video path
+    decode here.
+
+    Slices start on whole latent frames: a slice from latent frame a decodes its first latent frame (a
+    causal VAE's start) to one frame, placed where ComfyUI's own temporal tiling places it (frame 4a for
+    Wan), and every later latent frame to the frames it covers in the whole clip."""
     if x.ndim != 5:
         raise ValueError(f"samples: expected a video latent [B, C, T, H, W], got shape {list(x.shape)}.")
     if x.shape[1] != vae.latent_channels:
         raise ValueError(
             f"samples: {x.shape[1]} channels, but this VAE decodes {vae.latent_channels}. Connect the VAE of the sampler's model."
         )
+    check_tiles(tiles)
+    check_finite(x, "samples")
+    s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
+    span = max(2, tiles.temporal_frames // ts)  # latent frames per slice
+    shared = min(max(1, tiles.temporal_overlap // ts), span - 1)
+    spatial = {"tile_x": max(2, tiles.tile_px // s), "tile_y": max(2, tiles.tile_px // s),
+               "overlap": max(1, tiles.overlap_px // s)}  # fmt: skip
+    for row in x.split(1):
+        frames_total = row.shape[2]
+        held = None  # the last slice's frames the next slice decodes again, to cross-fade into
+        a = 0
+        while True:
+            b = min(a + span, frames_total)
+            frames = vae.decode_tiled(row[:, :, a:b], **spatial, tile_t=max(2, b - a), overlap_t=shared)
+            frames = frames.reshape(-1, *frames.shape[-3:])
+            if held is not None:
+                m = held.shape[0]
+                w = ((torch.arange(m, dtype=torch.float32) + 1) / (m + 1)).view(-1, 1, 1, 1).to(frames)
+                frames[:m] = held * (1 - w) + frames[:m] * w
+            if b >= frames_total:
+                emit(frames)
+                break
+            nxt = b - shared
+            keep = (nxt - a) * ts  # this slice's frames before the next slice's first one
+            emit(frames[:keep])
+            held = frames[keep:].clone()  # a copy: the slice itself is let go
+            del frames
+            a = nxt
+
+
+def decode_frames_tiled(vae, x: torch.Tensor, tiles: DecodeTiles) -> torch.Tensor:
+    """x: [B, C, T, h, w] latent -> [N, H, W, 3] all its frames (decode_stream, gathered)."""
+    parts: list[torch.Tensor] = []
+    decode_stream(vae, x, tiles, parts.append)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def check_tiles(tiles: DecodeTiles, prefix: str = "") -> None:
+    """Raises unless the tiles' overlaps fit them; `prefix` is the widgets' prefix on the node that has them."""
     if tiles.overlap_px * 2 > tiles.tile_px:
         raise ValueError(
-            f"overlap_px: {tiles.overlap_px} is more than half of tile_px {tiles.tile_px}; use at most "
-            f"{tiles.tile_px // 2}, or raise tile_px to {tiles.overlap_px * 2}."
+            f"{prefix}overlap_px: {tiles.overlap_px} is more than half of {prefix}tile_px {tiles.tile_px}; use at "
+            f"most {tiles.tile_px // 2}, or raise {prefix}tile_px to {tiles.overlap_px * 2}."
         )
     if tiles.temporal_overlap * 2 > tiles.temporal_frames:
         raise ValueError(
-            f"temporal_overlap: {tiles.temporal_overlap} is more than half of temporal_frames {tiles.temporal_frames}."
+            f"{prefix}temporal_overlap: {tiles.temporal_overlap} is more than half of {prefix}temporal_frames "
+            f"{tiles.temporal_frames}. Use at most {tiles.temporal_frames // 2}."
         )
-    check_finite(x, "samples")
-    s, ts = vae.spacial_compression_decode(), vae.temporal_compression_decode() or 1
-    images = vae.decode_tiled(
-        x, tile_x=max(2, tiles.tile_px // s), tile_y=max(2, tiles.tile_px // s), overlap=max(1, tiles.overlap_px // s),
-        tile_t=max(2, tiles.temporal_frames // ts), overlap_t=max(1, tiles.temporal_overlap // ts),
-    )  # fmt: skip
-    return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
 
 
 class TiledDecode(io.ComfyNode):
@@ -192,4 +235,4 @@ class TiledDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, **widgets) -> io.NodeOutput:
-        return io.NodeOutput(decode_tiled(vae, samples["samples"], DecodeTiles(**widgets)))
+        return io.NodeOutput(decode_frames_tiled(vae, samples["samples"], DecodeTiles(**widgets)))

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import comfy.ldm.wan.model
 import comfy.model_management
+import comfy.model_patcher
 import comfy.utils
 import torch
 
+from ..models.memory import host_estimate
 from ..models.plan import VAE_TIME_STRIDE
 
 
@@ -56,6 +58,14 @@ def compute_dtype(model) -> torch.dtype:
     """The dtype the host runs the DiT in: its manual-cast dtype when the weights are stored in another
     (fp8, or a dtype the device cannot compute in), else the weights' own."""
     return model.model.manual_cast_dtype or model.model.get_dtype()
+
+
+def memory_estimate(model):
+    """shape -> bytes: ComfyUI's memory estimate for a model input of that shape, as this host's sampler
+    computes it (through comfy.model_patcher.call_model_memory_required and the model's attention-memory
+    option where the host has them)."""
+    helper = getattr(comfy.model_patcher, "call_model_memory_required", None)
+    return host_estimate(model.model, model.model_options, helper)
 
 
 def real_weight(layer: torch.nn.Module, name: str) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..models.blend import StitchConfig
 from ..models.context import anchored_velocity, global_lowpass, lowpass_sigma
 from ..models.joint import FusionSchedule, crop, patch_rows, patch_timesteps, step_index
 from ..models.memory import HEADROOM, BatchSizer, reserve_shape, sampler_bytes
-from .host import Progress, compute_dtype, is_oom
+from .host import Progress, compute_dtype, is_oom, memory_estimate
 
 WRAPPER_KEY = "patchvsr"
 log = logging.getLogger(__name__)
@@ -92,7 +92,17 @@ class PatchwiseDiffusion:
     # for the latent it sees; the DiT sees patch batches, and the sampler keeps full-size latents besides.
     # Newer hosts pass more arguments (0.33: force_full_load, force_offload): pass on whatever comes.
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
-        return executor(model, self.reserved_shape(model, noise_shape), conds, *args, **kwargs)
+        shape = self.reserved_shape(model, noise_shape)
+        # Once per run: what ComfyUI's load decision (full load, partial load, offloading) rests on, so an
+        # artist or a benchmark can set it against what the run then takes.
+        log.info(
+            "PatchVSR: memory estimate asked for input %s (%.0f MiB by the host's formula) instead of the full "
+            "latent %s",
+            shape,
+            model.model.memory_required(shape) / 2**20,
+            list(noise_shape),
+        )
+        return executor(model, shape, conds, *args, **kwargs)
 
     def reserved_shape(self, model, noise_shape) -> list[int]:
         """The input shape ComfyUI's estimate is asked about: the largest patch of any step, as many as one
@@ -107,7 +117,7 @@ class PatchwiseDiffusion:
         full = sampler_bytes(noise_shape[1:], conds, anchored) * noise_shape[0]
         full += self.adapter.hint_budget if self.adapter is not None else 0  # the patch branch's cached hints
         patch_shape = [noise_shape[0] * k, noise_shape[1], t, h, w]
-        return reserve_shape(model.model.memory_required, patch_shape, full)
+        return reserve_shape(memory_estimate(model), patch_shape, full)
 
     def on_step(self, step: int, preview=None) -> None:
         last = len(self.done) - 1
@@ -158,6 +168,7 @@ class PatchwiseDiffusion:
                 f"positive/negative: {', '.join(uncut)} reached PatchVSR's sampler; it cannot be cut into patches. "
                 "Remove the node that adds it, or sample without PatchVSR."
             )
+        self._check_latent(x, transformer_options)
         batch = x.shape[0]
         thw = tuple(x.shape[2:])
         # [B] flow time of each batch row: ComfyUI gives one sigma per latent row, repeated per cond chunk.
@@ -185,6 +196,34 @@ class PatchwiseDiffusion:
         self.evaluations += 1
         return out
 
+    def _check_latent(self, x: torch.Tensor, transformer_options) -> None:
+        """The model call must hand over the whole latent of the plan. The sampler refuses the modifications
+        it knows that cut or shift it (nodes/compose.py); another node's wrapper may still do so."""
+        T, H, W = self.schedule.plan.latent_shape
+        if x.ndim == 5 and tuple(x.shape[2:]) == (T, H, W):
+            return
+        wrappers = transformer_options.get("wrappers", {})
+        others = [
+            f"{kind} '{key}'"
+            for kind, by_key in wrappers.items()
+            if kind != comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING  # sets up memory, never sees the latent
+            for key, fns in by_key.items()
+            if fns and key != WRAPPER_KEY
+        ]
+        likely = (
+            f"likely one of the wrappers other nodes put on this model: {', '.join(others)}"
+            if others
+            else "no other node put a wrapper on this model: look for one that sets a context handler or replaces "
+            "the model's forward"
+        )
+        raise ValueError(
+            f"model: the sampler's model call handed PatchVSR a latent of shape {list(x.shape)}, but the plan is "
+            f"{T}x{H}x{W} (frames x height x width): a node in front of the sampler reshapes the latent before "
+            f"the model sees it ({likely}). Remove that node from the model chain in front of PatchVSR Sampler: "
+            "PatchVSR cuts the latent into patches and temporal windows itself (set them on PatchVSR Patch "
+            "Partitioner)."
+        )
+
     @staticmethod
     def _check_finite(out: torch.Tensor, what: str) -> None:
         # Only in the first evaluation: a model that blows up does so at once (far out of scale weights),
@@ -198,10 +237,10 @@ def batch_sizer(model, patch_batch: int) -> BatchSizer:
     """patch_batch patches per DiT call, or with 0 as many as the device's free memory holds by ComfyUI's own
     estimate for the model (with the headroom ComfyUI keeps when it batches cond and uncond); either way
     halved when a call runs out of memory."""
-    base, device = model.model, model.load_device
+    channels, device, estimate = model.model.latent_format.latent_channels, model.load_device, memory_estimate(model)
 
     def fits(rows: int, thw: tuple[int, int, int]) -> int:
-        one = base.memory_required([rows, base.latent_format.latent_channels, *thw])
+        one = estimate([rows, channels, *thw])
         return math.floor(comfy.model_management.get_free_memory(device) / (one * HEADROOM)) if one > 0 else 1 << 30
 
     def on_oom(size: int) -> None:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from ..models.blend import StitchConfig
 from ..models.flow import sigmas_from_t0
 from .adapter import base_dims
+from .compose import compose_model
 from .host import Progress, check_finite, model_family
 from .patchwise import NonFiniteEvaluation, attach
 from .sockets import CATEGORY, AdapterType, GlobalContextType, PatchPlanType, StitcherType
@@ -169,6 +170,7 @@ def sample(model, positive, negative, latent: dict, plan, settings: SamplerSetti
     check_inputs(model, latent, plan, context, adapter)
     check_conditioning(positive, "positive")
     check_conditioning(negative, "negative")
+    model = compose_model(model, plan)
     stitch = stitcher if stitcher is not None else StitchConfig()
     model = load_lora(model, s.lora_name, s.lora_strength)
     if adapter is not None:

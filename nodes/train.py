@@ -1,4 +1,4 @@
-"""Adapter trainer node, and the host glue the command line tool (nodes/train_cli.py) shares with it."""
+"""Adapter trainer node, and the host glue the command line tool (tools/train_adapter.py) shares with it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from comfy_api.latest import io
 from ..models.adapter import plain_copy
 from ..models.data import find_clips
 from ..models.distributed import ONE, World
-from ..models.train import GCA_PLACEMENTS, PRECISIONS, TrainConfig, check_name, compute_dtype, run_folder, train
+from ..models.runs import check_name, run_folder
+from ..models.train import compute_dtype, train
+from ..models.train_config import GCA_PLACEMENTS, PRECISIONS, TrainConfig
 from .adapter import FOLDER, register_folder
 from .host import Progress, check_vae, model_family, real_weight, training_mode
 from .sockets import CATEGORY
@@ -72,11 +74,18 @@ def host_functions(model, vae, clip=None, dtype: torch.dtype = torch.float32):
     return dm, family, encode, text_function(clip, dm.text_embedding[0].in_features)
 
 
-def run(model, vae, clip, cfg: TrainConfig, progress: Progress | None = None, overwrite=False, restart=False,
+def train_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The frozen base's dtype for cfg.precision on ComfyUI's device (a ValueError for an unknown one)."""
+    return compute_dtype(cfg.precision, comfy.model_management.get_torch_device())
+
+
+def run(host: tuple, cfg: TrainConfig, progress: Progress | None = None, overwrite=False, restart=False,
         world: World = ONE):  # fmt: skip
-    """Trains in this process; under torchrun (the CLI) `world` says which rank it is."""
+    """Trains in this process on `host` = host_functions(model, vae, clip, train_dtype(cfg)); under torchrun
+    (the CLI) `world` says which rank it is. The host's MODEL is not needed from here on: the trainer trains
+    its own copy of the DiT."""
     device = comfy.model_management.get_torch_device()
-    dm, family, encode, text = host_functions(model, vae, clip, compute_dtype(cfg.precision, device))
+    dm, family, encode, text = host
     dm.to(device)
     cfg = replace(cfg, spatial_stride=family.spatial_stride)
 
@@ -275,5 +284,6 @@ class AdapterTrainer(io.ComfyNode):
             cond_noise=(condition_noise_min, condition_noise_max), accum=accumulate, precision=precision,
             gca_placement=gca_placement,
         )  # fmt: skip
-        path, history = run(model, vae, clip, cfg, Progress(steps), overwrite=overwrite)
+        host = host_functions(model, vae, clip, train_dtype(cfg))
+        path, history = run(host, cfg, Progress(steps), overwrite=overwrite)
         return io.NodeOutput(os.path.basename(path))

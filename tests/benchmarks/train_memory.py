@@ -83,11 +83,13 @@ def step_peak(cfg: dict, latent: tuple[int, int, int]):
     from torch.distributed._tools.mem_tracker import MemTracker
 
     import models.train as mt
+    from models.latents import Sample
+    from models.train_config import TrainConfig
 
     T, H, W = latent
     gen = torch.Generator().manual_seed(0)
-    sample = mt.Sample(*(torch.randn(1, 16, T, H, W, generator=gen) for _ in range(3)), 2.0, "")
-    tcfg = mt.TrainConfig(data="-", out="-", work="-", crop_px=(H * 8, W * 8), aspect=(W / H, W / H))
+    sample = Sample(*(torch.randn(1, 16, T, H, W, generator=gen) for _ in range(3)), 2.0, "")
+    tcfg = TrainConfig(data="-", out="-", work="-", crop_px=(H * 8, W * 8), aspect=(W / H, W / H))
     ffn = round(TINY_DIM * cfg["ffn_dim"] / cfg["dim"])
     with training_mode():
         tr = mt.Trainer(

@@ -342,6 +342,7 @@ def use_tiny_models(page, steps: int = 2, t2v_size=(256, 144, 1)) -> None:
           set('LoraLoaderModelOnly', 'lora_name', values.lora);
           set('LoadVideo', 'file', values.clip);
           set('PatchVSR_Sampler', 'steps', steps);
+          set('PatchVSR_LongVideo', 'steps', steps);
           set('KSampler', 'steps', steps);
           for (const [name, value] of Object.entries({width: t2v[0], height: t2v[1], length: t2v[2]}))
             set('EmptyHunyuanLatentVideo', name, value);

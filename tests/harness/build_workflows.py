@@ -9,6 +9,7 @@ The shipped JSON files are the source of truth the tests run; this only saves ha
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from .paths import REPO, WORK
 from .workflow import _extra_slots, _inputs, _is_widget
@@ -157,6 +158,18 @@ def from_t2v() -> list[dict]:
     ] + patchvsr_chain({"latent": (11, 0)}, "2K", {})  # fmt: skip
 
 
+def long_video_4k() -> list[dict]:
+    """A whole shot to 4K chunk by chunk: Load Video straight into the long-video node, its file to Save Video."""
+    return loaders() + [
+        {"id": 10, "type": "LoadVideo", "pos": [380, 0], "widgets": {"file": INPUT_CLIP}},
+        {"id": 30, "type": "PatchVSR_LongVideo", "pos": [760, 0], "size": [380, 980],
+         "widgets": {"target": "4K", "steps": 20, "cfg": 5.0, "t0": 0.3, "filename_prefix": "PatchVSR/long"},
+         "links": {"video": (10, 0), "model": (1, 0), "vae": (2, 0), "positive": (4, 0), "negative": (5, 0)}},
+        {"id": 31, "type": "SaveVideo", "pos": [1180, 0], "widgets": {"filename_prefix": "PatchVSR/4K_long", "format": "mp4", "codec": "h264"},
+         "links": {"video": (30, 0)}},
+    ]  # fmt: skip
+
+
 MODELS_NOTE = (
     f"**Models**: `{WAN_DIT}` in models/diffusion_models, `{WAN_VAE}` in models/vae, `{WAN_TEXT}` in "
     "models/text_encoders (ComfyUI offers to download the missing ones; or pick your own Wan 2.1 T2V files in "
@@ -207,6 +220,35 @@ def plan_note(target: str, clip: str, steps: int, cfg: float) -> str:
     )
 
 
+def long_note(steps: int, cfg: float) -> str:
+    """What the long-video workflow costs, from the chunk layout and the plans its node makes."""
+    from models.blend import StitchConfig
+    from models.cost import total_evaluations
+    from models.long_video import chunk_layout, decode_peak_bytes, slice_frames
+    from models.plan import video_plan
+
+    base = note_plan("4K", "video")
+    g = base.geometry
+
+    def evaluations(frames: int) -> int:
+        layout = chunk_layout(frames, NOTE_FRAMES, 3)
+        plans = [video_plan(replace(g, frames=c.frames), NOTE_FRAMES) for c in layout.chunks]
+        return sum(total_evaluations(p, StitchConfig(), steps, cfg) for p in plans)
+
+    lr = NOTE_CLIPS["video"]
+    shot, long = 24 * 10, 24 * 120
+    ram = decode_peak_bytes(slice_frames(32), g.target_hw) / 1e9  # the node's default decode_temporal_frames
+    return (
+        f"For a {lr[1]}x{lr[0]} clip at 24 fps: {g.target_hw[1]}x{g.target_hw[0]}, chunks of {NOTE_FRAMES} frames "
+        f"sharing 9 (chunk_overlap 3): a 10 s shot ({shot} frames) runs {len(chunk_layout(shot, NOTE_FRAMES, 3).chunks)} "
+        f"chunks and {evaluations(shot)} patch evaluations at {steps} steps, cfg {cfg:g}; a 2-minute one "
+        f"{len(chunk_layout(long, NOTE_FRAMES, 3).chunks)} chunks, {evaluations(long)} evaluations (one {NOTE_FRAMES}-frame "
+        f"chunk costs what the 4K workflow's {NOTE_FRAMES}-frame clip does: {total_evaluations(base, StitchConfig(), steps, cfg)}). "
+        f"GPU memory is one chunk's, whatever the length; in RAM, ComfyUI's tiled decode of one slice of a 4K "
+        f"chunk peaks at about {ram:.0f} GB (**decode_temporal_frames** 16 roughly halves it)."
+    )
+
+
 def notes() -> dict[str, str]:
     return {
         "patchvsr_2k_from_video.json": (
@@ -232,6 +274,19 @@ def notes() -> dict[str, str]:
             f"**Expect** output/PatchVSR/4K_*.mp4 at 3840x2160. {plan_note('4K', 'video', 6, 1.0)} The 'shifted' "
             "stitch runs one patch grid per step, its borders moved between steps, the last step's cells centred "
             f"on the base grid's seams. At cfg 1 the negative prompt is not used. {EXPECT_NOTE}"
+        ),
+        "patchvsr_long_video_4k.json": (
+            "## PatchVSR: a whole shot to 4K, chunk by chunk\n"
+            f"{MODELS_NOTE} Put your clip (any length and frame count) in ComfyUI's input folder and pick it in "
+            "**Load Video**.\n\n"
+            "**When**: shots longer than one model window (81 frames, about 3 s), up to minutes. The other "
+            "workflows hold the whole clip in memory (a 4K frame is 100 MB as ComfyUI's IMAGE); **PatchVSR Long "
+            "Video** reads, denoises, decodes and writes one chunk at a time, and keeps finished chunks on disk: "
+            "a cancelled, crashed or killed run resumes from its first missing chunk when you queue it again with "
+            "the same settings (the seed stays fixed).\n\n"
+            "**Expect** output/PatchVSR/long_<clip>_<key>.mp4 at 3840x2160 with the source's frame count, exact "
+            f"frame rate and sound, and Save Video's copy as PatchVSR/4K_long_*.mp4. {long_note(20, 5.0)} The node "
+            "shows the chunk it works on, one progress bar for the whole video and the live preview."
         ),
         "patchvsr_t2v_to_2k.json": (
             "## Wan T2V straight into PatchVSR\n"
@@ -259,6 +314,7 @@ def main() -> None:
         "patchvsr_4k_from_video.json": from_video("4K"),
         "patchvsr_t2v_to_2k.json": from_t2v(),
         "patchvsr_4k_fast.json": fast_4k(),
+        "patchvsr_long_video_4k.json": long_video_4k(),
     }
     for name, graph in graphs.items():
         path = REPO / "workflows" / name

@@ -168,7 +168,7 @@ def run_trainer(model: Path, vae: Path, data: Path, out: Path, work: Path, *, st
                 cond_noise, seed: int, rank: int = 8) -> str:  # fmt: skip
     """The command line trainer at scale 2, as a studio would run it; returns its output."""
     cmd = [
-        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()), "--model", str(model),
+        host_python(), str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()), "--model", str(model),
         "--vae", str(vae), "--data", str(data), "--out", str(out), "--work", str(work), "--steps", str(steps),
         "--lr", str(lr), "--lora-rank", str(rank), "--crop", str(crop[0]), str(crop[1]), "--max-frames", str(frames),
         "--scale", "2", "2", "--cond-noise", *map(str, cond_noise), "--val-every", "250", "--ckpt-every", "500",

@@ -44,8 +44,9 @@ def tiny_prompt(
     prompt = override(prompt, "UNETLoader", unet_name=f"{DIT.name}.safetensors")
     prompt = override(prompt, "VAELoader", vae_name=f"{VAE.name}.safetensors")
     prompt = replace(prompt, object_info, "CLIPTextEncode", "PatchVSRTest_ZeroTextConditioning", tokens=8)
-    prompt = override(prompt, "PatchVSR_Sampler", steps=steps)
     kinds = {n["class_type"] for n in prompt.values()}
+    for sampler in {"PatchVSR_Sampler", "PatchVSR_LongVideo"} & kinds:  # the long-video node samples itself
+        prompt = override(prompt, sampler, steps=steps)
     if "EmptyHunyuanLatentVideo" in kinds:
         w, h, n = t2v_size
         prompt = override(prompt, "EmptyHunyuanLatentVideo", width=w, height=h, length=n)

@@ -22,6 +22,7 @@ from .paths import REPO, comfy_root, host_python
 log = logging.getLogger(__name__)
 PACK_DIR_NAME = "ComfyUI-PatchVSR"
 TEST_NODES_DIR = Path(__file__).parent / "test_nodes"
+PROGRESS_TEXT = (3).to_bytes(4, "big")  # ComfyUI's binary event type of a node's progress text (protocol.py)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class PromptResult:
     outputs: dict = field(default_factory=dict)  # node id -> its UI output, from /history
     error: dict = field(default_factory=dict)  # the rejection body, or the execution_error message
     messages: list = field(default_factory=list)  # every websocket message about this prompt
+    # (node id, text) of the progress texts nodes sent while it ran (binary event 3; they name no prompt)
+    texts: list = field(default_factory=list)
 
     def files(self, output_dir: Path, suffix: str = ".mp4") -> list[Path]:
         """Paths of the files that output nodes saved to the output folder (not temp previews)."""
@@ -43,6 +46,10 @@ class PromptResult:
                 if item.get("type") == "output" and item.get("filename", "").endswith(suffix):
                     paths.append(output_dir / item.get("subfolder", "") / item["filename"])
         return paths
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its port: another process took it after free_port chose it."""
 
 
 def free_port() -> int:
@@ -118,6 +125,18 @@ class ComfyServer:
         return yaml_path
 
     def start(self) -> ComfyServer:
+        # Another test run on this machine (the other host's, run beside this one) may take the free port
+        # between its choice and the server's bind: then the server exits at once and gets another port.
+        for _ in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                log.warning("port taken while the server started; retrying on %d", self.port)
+        return self._start()
+
+    def _start(self) -> ComfyServer:
         for sub in ("input", "output", "frontend", "custom_nodes"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         yaml_path = self._write_config()
@@ -141,7 +160,11 @@ class ComfyServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+                self._log.close()
+                tail = self.log_tail()
+                if "address already in use" in tail.lower() or "errno 98" in tail.lower():
+                    raise PortTaken(tail)
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting:\n{tail}")
             try:
                 if requests.get(self.url + "/system_stats", timeout=2).ok:
                     return self
@@ -229,6 +252,9 @@ class ComfyServer:
                     raise RuntimeError(f"ComfyUI died while running a prompt:\n{self.log_tail()}")
                 raw = ws.recv()
                 if not isinstance(raw, str):
+                    if raw[:4] == PROGRESS_TEXT:  # then the node id's length, the node id, the text
+                        size = int.from_bytes(raw[4:8], "big")
+                        result.texts.append((raw[8 : 8 + size].decode(), raw[8 + size :].decode(errors="replace")))
                     continue  # binary preview frames
                 msg = json.loads(raw)
                 data = msg.get("data", {})

@@ -9,6 +9,7 @@ place only when complete, so an interrupted run never leaves half a result to re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -38,15 +39,19 @@ def fingerprint(parts: Iterable[str | Path]) -> str:
 
 
 def built_once(name: str, key_parts: Iterable[str | Path], build: Callable[[Path], None]) -> Path:
-    """The folder `name`-<key> under .work/shared, made by build(folder) unless a complete one exists."""
+    """The folder `name`-<key> under .work/shared, made by build(folder) unless a complete one exists. Hosts
+    tested at the same time take turns (a lock per result): the second waits for the first's and reuses it."""
     final = SHARED / f"{name}-{fingerprint([*key_parts, *TRAINING_CODE])}"
-    if (final / ".complete").exists():
+    SHARED.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(f"{final.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if (final / ".complete").exists():
+            return final
+        partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        build(partial)
+        (partial / ".complete").touch()
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
         return final
-    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    build(partial)
-    (partial / ".complete").touch()
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    return final

@@ -21,6 +21,7 @@ TITLES = {
     "patchvsr_4k_from_video": "Video to 4K",
     "patchvsr_4k_fast": "Video to 4K, fast",
     "patchvsr_t2v_to_2k": "Wan T2V to 2K",
+    "patchvsr_long_video_4k": "a whole shot to 4K",
 }
 
 
@@ -38,7 +39,8 @@ def thumbnail(workflow: dict, title: str):
     from models.plan import PlanConfig, make_plan
     from models.preview import plan_picture
 
-    (part,) = [n for n in workflow["nodes"] if n["type"] == "PatchVSR_Partitioner"]
+    # The partitioner's target, or the long-video node's (its first widget too).
+    (part,) = [n for n in workflow["nodes"] if n["type"] in ("PatchVSR_Partitioner", "PatchVSR_LongVideo")]
     target = part["widgets_values"][0]
     h, w = {"2K": (1440, 2560), "4K": (2160, 3840)}[target]
     plan = make_plan(PlanConfig((1, h // 8, w // 8), (60, 104), 21))  # Wan 2.1's 832x480 patches

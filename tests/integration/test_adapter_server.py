@@ -2,6 +2,7 @@
 and the command line trainer."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -186,7 +187,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
     (data / "broken.mp4").write_bytes(bytes(range(256)) * 12)
     out = tmp_path / "cli.safetensors"
     cmd = [
-        host_python(), str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        host_python(), str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()),
         "--model", str(tiny_models / "diffusion_models" / f"{DIT.name}.safetensors"),
         "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
         "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",
@@ -201,6 +202,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
     assert "skipped 'broken.mp4': Error opening input files" in run.stderr, run.stderr[-3000:]
     assert "skipped 1 of 3 clips that could not be read; training on 2" in run.stderr
     assert (tmp_path / "cli.ckpt" / "checkpoints" / "step_0000002.ckpt").exists()  # beside the adapter
+    assert re.search(r"step 1 of 2 done \([\d.]+ s\)\nstep 2 of 2 done", run.stderr), run.stderr[-3000:]
     before = out.read_bytes()
     # The same command again: the finished adapter is kept.
     run = cli()
@@ -215,7 +217,7 @@ def test_command_line_trainer(tiny_models, tmp_path):
 
 
 def test_command_line_trainer_under_torchrun(tiny_models, tmp_path):
-    """The GPU-node command, on 2 CPU processes (gloo): torchrun starts nodes/train_cli.py twice, --shard
+    """The GPU-node command, on 2 CPU processes (gloo): torchrun starts tools/train_adapter.py twice, --shard
     shards the adapter and AdamW (FSDP2). One log, one adapter gathered from the shards, global batch 2.
     (That 2 processes follow 1 process's losses: tests/unit/test_train.py.)"""
     from safetensors import safe_open
@@ -227,7 +229,7 @@ def test_command_line_trainer_under_torchrun(tiny_models, tmp_path):
     out = tmp_path / "multi.safetensors"
     cmd = [
         host_python(), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "nodes" / "train_cli.py"), "--comfyui", str(comfy_root()),
+        str(REPO / "tools" / "train_adapter.py"), "--comfyui", str(comfy_root()),
         "--model", str(tiny_models / "diffusion_models" / f"{DIT.name}.safetensors"),
         "--vae", str(tiny_models / "vae" / f"{VAE.name}.safetensors"), "--data", str(data), "--out", str(out),
         "--steps", "2", "--lr", "1e-3", "--lora-rank", "4", "--crop", "48", "64", "--max-frames", "5",

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.paths import REPO
+from harness.runs import tiny_prompt
 from harness.tiny_models import ADAPTERS, DIT, DIT_22, LORA_NAME, VAE
 from harness.workflow import override
 from test_validation import error_text, small
@@ -202,9 +204,20 @@ def trainer_prompt(data: Path, **values) -> dict:
     }
 
 
+def long_video_prompt(object_info) -> dict:
+    """The shipped long-video workflow (Load Video -> PatchVSR Long Video -> Save Video) on the 5-frame clip
+    at 2x: the long-video node's widgets are checked in a graph of their own."""
+    prompt = tiny_prompt(REPO / "workflows" / "patchvsr_long_video_4k.json", object_info)
+    prompt = override(prompt, "LoadVideo", file="clip_5f.mp4")
+    return override(prompt, PACK + "LongVideo", target="scale", scale=2.0, patch_width=128, patch_height=80)
+
+
 def prompt_for(object_info, matrix, class_type: str) -> tuple[dict, str]:
     if class_type == PACK + "Trainer":
         return trainer_prompt(matrix["data"]), "3"
+    if class_type == PACK + "LongVideo":
+        prompt = long_video_prompt(object_info)
+        return prompt, node_id(prompt, class_type)
     prompt = full_prompt(object_info)
     return prompt, node_id(prompt, class_type)
 
@@ -212,7 +225,7 @@ def prompt_for(object_info, matrix, class_type: str) -> tuple[dict, str]:
 def test_every_pack_node_is_in_the_matrix(object_info):
     nodes = {n for n in object_info if n.startswith(PACK)}
     assert nodes == {PACK + k for k in ("Partitioner", "UpscaleEncode", "GlobalContext", "Stitcher", "Sampler",
-                                         "Decode", "AdapterLoader", "Trainer")}, nodes  # fmt: skip
+                                         "Decode", "AdapterLoader", "Trainer", "LongVideo")}, nodes  # fmt: skip
 
 
 def test_queue_time_refuses_every_out_of_range_wrong_type_and_unlisted_value(server, object_info, matrix):

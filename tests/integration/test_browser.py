@@ -58,6 +58,8 @@ STEPS = 2
 FRONTENDS = ("newest", "host") if HOST == "0.33" else ("host",)
 # Workflow name -> the prompt its full run posted, on this host: what a later frontend's Run must post.
 FULL_RUNS: dict[str, dict] = {}
+# PatchVSR Long Video plans and samples inside one node: no partitioner or sampler nodes in its workflow.
+LONG_VIDEO = "PatchVSR_LongVideo"
 
 
 @dataclass
@@ -117,9 +119,13 @@ def cost_widget(page) -> str:
     )
 
 
-def run_line(settings: dict, counts: dict) -> tuple[str, int]:
+def run_line(settings: dict, counts: dict) -> tuple[str | None, int]:
     """The line the pack's JS adds for the connected sampler, with this run's patch evaluations counted by
-    hand from the plan's counts, and the patches one run of the sampler evaluates (one row each at cfg 1)."""
+    hand from the plan's counts, and the patches one run of the sampler evaluates (one row each at cfg 1).
+    The long-video node shows no cost text (None); one chunk (the 1-frame clip) with its default shifted
+    stitch counts the patches a 2-step shifted run of the sampler would."""
+    if "PatchVSR_Sampler" not in settings:
+        return None, counts["base"] + counts["final"]
     sampler, stitcher = settings["PatchVSR_Sampler"], settings["PatchVSR_Stitcher"]
     assert STEPS == 2  # a 2-step shifted run: the base grid, then the last step's grid
     per_run = {"weighted": STEPS * counts["weighted"], "average": STEPS * counts["weighted"],
@@ -235,8 +241,9 @@ def test_shipped_workflow_runs_in_the_browser(frontend, browser, workflow):
     width, height, frames = video_size(video)
     assert (width, height) == TARGETS[target] and frames >= 1
     # 6. The plan's text in the prompt's history against the counts made here by hand.
-    partitioner = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Partitioner")
-    check_plan_text(outputs[str(partitioner)]["text"][0], counts)
+    if line is not None:
+        partitioner = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Partitioner")
+        check_plan_text(outputs[str(partitioner)]["text"][0], counts)
     FULL_RUNS[workflow.stem] = prompt
 
 
@@ -268,7 +275,7 @@ def full_run(page, server, socket, nodes, line, per_run, on_load, shot) -> tuple
     # No validation dialog, and the live preview reached the page while the sampler ran.
     new = [d for d in visible_dialogs(page) if d not in on_load]
     assert not new, new
-    sampler_id = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Sampler")
+    sampler_id = next(n["id"] for n in nodes if n["type"] in ("PatchVSR_Sampler", LONG_VIDEO))
     runs = [t for t, m in socket.find("executing", prompt_id) if m["data"].get("node") is not None]
     starts = {m["data"]["node"]: t for t, m in socket.find("executing", prompt_id)}
     cached = [m["data"].get("nodes") for _, m in socket.find("execution_cached", prompt_id)]
@@ -278,9 +285,10 @@ def full_run(page, server, socket, nodes, line, per_run, on_load, shot) -> tuple
     previews = [b for b in socket.binary if begin <= b[0] <= end]
     assert previews, f"no preview image over the websocket while the sampler ran ({len(socket.binary)} binary frames)"
     outputs = server.wait_for_history(prompt_id)["outputs"]
-    partitioner = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Partitioner")
-    shown = cost_widget(page)
-    assert outputs[str(partitioner)]["text"][0] in shown and line in shown, shown
+    if line is not None:
+        partitioner = next(n["id"] for n in nodes if n["type"] == "PatchVSR_Partitioner")
+        shown = cost_widget(page)
+        assert outputs[str(partitioner)]["text"][0] in shown and line in shown, shown
     ran = max(
         m["data"]["max"] for _, m in socket.find("progress", prompt_id) if m["data"].get("node") == str(sampler_id)
     )
@@ -291,21 +299,31 @@ def full_run(page, server, socket, nodes, line, per_run, on_load, shot) -> tuple
 def started_run(page, server, socket, same_as, counts, line, timeout: float = 600) -> dict:
     """The run of a workflow that a full run on this host already took to its video: the page must post
     exactly that run's prompt, the run must start, and the pack's JS must show the partitioner's cost text
-    for it (the server's plan text, against the counts made here, and the line for the connected sampler).
-    Then it is stopped: the rest would be the full run's work again. Returns the posted prompt."""
+    for it (the server's plan text, against the counts made here, and the line for the connected sampler;
+    the long-video node, which shows none, must start running). Then it is stopped: the rest would be the
+    full run's work again. Returns the posted prompt."""
     prompt = posted_prompt(page, socket)
     differ = sorted(k for k in prompt.keys() | same_as.keys() if prompt.get(k) != same_as.get(k))
     assert not differ, {k: (prompt.get(k), same_as.get(k)) for k in differ}
+    long_video = [k for k, v in prompt.items() if v["class_type"] == LONG_VIDEO]
+
+    def started() -> bool:
+        if line is None:
+            return any(m["data"].get("node") in long_video for _, m in socket.find("executing"))
+        return line in (cost_widget(page) or "")
+
     deadline = time.monotonic() + timeout
-    while line not in (shown := cost_widget(page) or ""):
+    while not started():
         ended = [
             m for kind in ("execution_error", "execution_interrupted", "execution_success") for m in socket.find(kind)
         ]
-        assert not ended, f"the run ended before the cost text showed: {ended}"
-        assert time.monotonic() < deadline, f"no cost text on the partitioner after {timeout}s: {shown!r}"
+        assert not ended, f"the run ended before it showed it started: {ended}"
+        assert time.monotonic() < deadline, f"no cost text or running long-video node after {timeout}s"
         page.wait_for_timeout(200)
+    shown = cost_widget(page)
     server.interrupt()
     _, status, data = wait_for_prompt(page, socket, timeout=timeout)
     assert status in ("interrupted", "success"), json.dumps(data)[:3000]
-    check_plan_text(shown, counts)
+    if line is not None:
+        check_plan_text(shown, counts)
     return prompt

@@ -94,29 +94,30 @@ def test_the_scene_comes_through_every_stitch_whole(server, compared):
 
 
 def test_seams_in_pixels_naive_above_the_fused_modes(generated):
-    """At the base grid's borders naive tiles leave more seam than every fused mode, and the shifted grid
-    no more than the weighted scheme. Average and weighted are alike in pixels here: their difference is
-    the four-patch "black hole", not a seam line. Measured on 5 held-out runs (chelsea seeds 0-2, coffee
-    seeds 0-1, t0 0.9, pinned host): naive 1.806 / 1.269 / 1.804 / 2.034 / 1.621, average 1.651 / 1.210 /
-    1.763 / 1.865 / 1.567, weighted 1.646 / 1.195 / 1.769 / 1.893 / 1.608, shifted 1.551 / 1.173 / 1.666 /
-    1.839 / 1.468 (weighted within 1.7% of average either way), with the models before VAE stages 3-4. This
-    test runs chelsea seed 0; with the committed models: naive 1.685, average 1.520, weighted 1.508, shifted
-    1.468 (pinned; on the clip before its camera was kept inside the photo: 1.701 / 1.535 / 1.521 / 1.476)."""
+    """At the base grid's borders naive tiles leave more seam than every fused mode, and the shifted stitch
+    no more than the weighted scheme there and on every line where any mode can leave a seam (its own
+    grids' borders, the last step's included). Average and weighted are alike in pixels here: their
+    difference is the four-patch "black hole", not a seam line. This test runs chelsea seed 0 with the
+    committed models (pinned host): base borders naive 1.685, average 1.520, weighted 1.508, shifted 1.335;
+    every line: weighted 1.254, shifted 1.177. Over 5 held-out runs (chelsea seeds 0-2, coffee seeds 0-1, t0
+    0.9, the models before VAE stages 3-4 and the shifted stitch's weighted last step) weighted stayed within
+    1.7% of average either way."""
     s = {k: generated[k]["seam_base"] for k in ("naive", "average", "weighted", "shifted")}
     assert s["naive"] > 1.05 * max(s["average"], s["weighted"]), s
     assert s["weighted"] <= 1.03 * s["average"], s
     assert s["shifted"] <= s["weighted"], s
+    assert generated["shifted"]["seam"] <= generated["weighted"]["seam"], (generated["shifted"], generated["weighted"])
 
 
 def test_global_context_lowers_colour_drift_in_pixels(generated):
-    """Without the global context each patch invents its own tone; with it the patches agree. Measured on the
-    same 5 runs: drift 0.0133 / 0.0158 / 0.0127 / 0.0302 / 0.0305 with the context against 0.0317 / 0.0558 /
-    0.0235 / 0.0644 / 0.0708 without (0.28-0.54 of it); the shifted stitch's drift is within 6% of weighted's
-    (models before VAE stages 3-4). With the committed models, chelsea seed 0: 0.0141 against 0.0413 without
-    (pinned), shifted 0.0144 (before the camera was kept inside the photo: 0.0152, 0.0419, 0.0155)."""
+    """Without the global context each patch invents its own tone; with it the patches agree: chelsea seed 0,
+    committed models (pinned): drift 0.0141 with the context against 0.0413 without. Over 5 runs (models
+    before VAE stages 3-4) it was 0.28-0.54 of the drift without. The shifted stitch's drift is the weighted
+    scheme's within what one run can tell apart: 0.0144 against 0.0141 here, and within 6% of it either way
+    over those 5 runs; the proxies (tests/unit/test_shifted.py) put it below weighted's at 4-20 steps."""
     d = {k: generated[k]["drift"] for k in ("weighted", "weighted_noctx", "shifted")}
     assert d["weighted"] < 0.7 * d["weighted_noctx"], d
-    assert d["shifted"] <= 1.1 * d["weighted"], d
+    assert d["shifted"] <= 1.05 * d["weighted"], d
 
 
 @VAE_CEILING

@@ -20,6 +20,7 @@ PACK_NODES = [
     "PatchVSR_Decode",
     "PatchVSR_AdapterLoader",
     "PatchVSR_Trainer",
+    "PatchVSR_LongVideo",
 ]  # fmt: skip
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 
@@ -41,7 +42,7 @@ def test_workflows_are_served_as_templates(server):
         r = requests.get(f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{path.stem}.jpg", timeout=30)
         assert r.ok and r.content[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg: HTTP {r.status_code}"
         notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] in ("Note", "MarkdownNote")]
-        assert notes and all(k in notes[0]["widgets_values"][0] for k in ("**Connect**", "**Expect**")), path.name
+        assert notes and all(k in notes[0]["widgets_values"][0] for k in ("**Models**", "**Expect**")), path.name
 
 
 def test_stock_loaders_detect_tiny_models(object_info):

@@ -2,6 +2,7 @@
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -141,6 +142,42 @@ def test_file_round_trips_every_tensor_exactly(dm, tmp_path):
     assert again.cfg == adapter.cfg
     # The LoRA part uses ComfyUI's key naming, so ComfyUI's own LoRA loader can apply it.
     assert "diffusion_model.blocks.0.self_attn.q.lora_up.weight" in load_file(str(path))
+
+
+def test_loader_reads_the_file_one_tensor_at_a_time(dm, tmp_path, monkeypatch):
+    """A real-size adapter file holds float32 weights (2.3 GB for Wan 2.1 1.3B, 24 GB for 14B): the loader
+    holds at most the tensor it copies and the next one it reads, never the whole file beside the adapter."""
+    import weakref
+
+    import models.adapter_file as af
+
+    path = save_adapter(wake(make(dm)), tmp_path / "a.safetensors")
+    alive, most, real_open = [], [0], af.safe_open
+
+    class Tracking:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def get_tensor(self, key):
+            t = self.f.get_tensor(key)
+            alive.append(weakref.ref(t))
+            most[0] = max(most[0], sum(r() is not None for r in alive))
+            return t
+
+    monkeypatch.setattr(af, "safe_open", Tracking)
+    again = load_adapter(path, dm.blocks, dm.patch_embedding, DIMS, torch.bfloat16)
+    assert len(alive) == len(again.file_tensors()), "every tensor of the file is read"
+    assert len(alive) > 10 and most[0] <= 2, f"the loader held {most[0]} of the file's {len(alive)} tensors at once"
 
 
 def rewrite(path, tensors=None, meta=None):
@@ -420,3 +457,247 @@ def test_hints_are_made_once_per_patch_and_run(dm, budget):
         assert len(ins.hints) == 2 and distinct < ins.branch_runs < calls
     else:
         assert ins.branch_runs == calls and not ins.hints
+
+
+# --- hosts newer than the test hosts (read against upstream ComfyUI 0.38) -----------------------------------
+class ComfyAttention(torch.nn.Module):
+    """A stand-in for upstream ComfyUI's ComfyAttention (comfy/ldm/modules/attention.py), which neither test
+    host has: an attention layer's preferred backend, read from and written to the state dict as a uint8
+    JSON `config` tensor."""
+
+    def __init__(self, config=None, function=None):
+        super().__init__()
+        self.config, self.function = config, function
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        raw = state_dict.pop(prefix + "config", None)
+        self.config = None if raw is None else json.loads(raw.numpy().tobytes())
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.config is not None:
+            destination[prefix + "config"] = torch.tensor(list(json.dumps(self.config).encode()), dtype=torch.uint8)
+
+
+def with_attention_config(dm):
+    """A copy of the tiny base as an upstream checkpoint with int8 attention loads: every attention layer
+    carries its host attention config."""
+    import copy
+
+    base = copy.deepcopy(dm)
+    for block in base.blocks:
+        for layer in (block.self_attn, block.cross_attn):
+            layer.comfy_attention = ComfyAttention({"attention": "comfy_kitchen_int8"}, function=print)
+    return base
+
+
+def test_copied_blocks_and_the_adapter_file_carry_no_host_attention_config(dm, tmp_path):
+    """Copies drop the base's attention config, so the adapter file holds weights only: the same keys as an
+    adapter made on a host without it, and it loads on either (loading does not require the config)."""
+    base = with_attention_config(dm)
+    assert "blocks.0.self_attn.comfy_attention.config" in base.state_dict()
+    copy_ = plain_copy(base.blocks[0], torch.float32)
+    assert copy_.self_attn.comfy_attention.config is None and copy_.cross_attn.comfy_attention.function is None
+    assert not any(k.endswith(".config") for k in copy_.state_dict())
+    assert base.blocks[0].self_attn.comfy_attention.config is not None, "the base's own layer was changed"
+    cfg = AdapterConfig.for_base(*DIMS, patch_k=2, global_k=2, lora_rank=4)
+    adapter = wake(PatchVSRAdapter(cfg, base.blocks, base.patch_embedding))
+    # A host that sets the config on layers after the copy: the file still holds weights only.
+    adapter.patch_branch.blocks[0].self_attn.comfy_attention.config = {"attention": "comfy_kitchen_int8"}
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    keys = set(load_file(str(path)))
+    assert keys == set(make(dm).file_state_dict()) and not any("comfy_attention" in k for k in keys)
+    for host in (dm, base):  # a host without the attention config, and one with it
+        again = load_adapter(path, host.blocks, host.patch_embedding, DIMS)
+        a, b = adapter.file_state_dict(), again.file_state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Container:
+    """Upstream's AttentionTensorContainer (ComfyUI 0.33 has the same class, tested with it below): a
+    tensor a backend takes out once."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def peek(self):
+        assert self.tensor is not None, "attention tensor container has already been consumed"
+        return self.tensor
+
+    def take(self):
+        tensor, self.tensor = self.peek(), None
+        return tensor
+
+
+def upstream_wrap_attn(func, container_function=None):
+    """The dispatch of upstream ComfyUI 0.38's wrap_attn (comfy/ldm/modules/attention.py), which neither test
+    host runs with preferred backends: the override first (its container_function with the containers, else
+    the tensors taken out, the preferred backend dropped), then the preferred backend, then the function's
+    own container path."""
+
+    def wrapper(*args, **kwargs):
+        preferred = kwargs.pop("preferred_attention", None)
+        containers = isinstance(args[0], Container)
+        if rt.ATTENTION_REENTRY_KEY not in kwargs:
+            kwargs = {**kwargs, rt.ATTENTION_REENTRY_KEY: True}
+            override = kwargs.get("transformer_options", {}).get("optimized_attention_override")
+            if override is not None:
+                if containers and hasattr(override, "container_function"):
+                    return override.container_function(*args, **kwargs)
+                if containers:
+                    args = tuple(c.take() for c in args[:3]) + args[3:]
+                return override(func, *args, **kwargs)
+            if preferred is not None and preferred.function is not None:
+                return preferred.function(*args, **kwargs)
+        if containers and container_function is not None:
+            return container_function(*args, **kwargs)
+        if containers:
+            args = tuple(c.take() for c in args[:3]) + args[3:]
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def sdpa(q, k, v, heads, **kwargs):
+    """q: [B, L, D], k, v: [B, Lk, D] -> [B, L, D]."""
+    split = (rearrange(a, "b l (h d) -> b h l d", h=heads) for a in (q, k, v))
+    return rearrange(torch.nn.functional.scaled_dot_product_attention(*split), "b h l d -> b l (h d)")
+
+
+def recording_backend(name, calls):
+    """An attention backend that records whether it got containers or tensors (as upstream's int8 backend,
+    which has a container path of its own)."""
+
+    def on_tensors(q, k, v, heads, **kwargs):
+        calls.append((name, "tensors"))
+        return sdpa(q, k, v, heads)
+
+    def on_containers(q, k, v, heads, **kwargs):
+        calls.append((name, "containers"))
+        return sdpa(q.take(), k.take(), v.take(), heads)
+
+    return upstream_wrap_attn(on_tensors, on_containers)
+
+
+def block_attentions(override, attention, preferred, q, k, v, text):
+    """A Wan block's two attention calls as upstream's blocks make them: self-attention, then the text
+    cross-attention, each with containers and its layer's preferred backend."""
+    opts = {"optimized_attention_override": override}
+    self_out = attention(Container(q), Container(k), Container(v), 1, preferred_attention=preferred[0],
+                         transformer_options=opts)  # fmt: skip
+    cross_out = attention(Container(q), Container(text), Container(text), 1, preferred_attention=preferred[1],
+                          transformer_options=opts)  # fmt: skip
+    return self_out, cross_out
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("preferred", [True, False], ids=["preferred", "no-preferred"])
+def test_gca_passes_containers_and_preferred_backends_through(dm, preferred):
+    """With G-CA inside the cross-attention, every attention of the block still reaches the layer's
+    preferred backend (or the host's own container path) with its containers, and G-CA is added with the
+    cross-attention's query; an override without a container_function would send them all to the default
+    attention with plain tensors."""
+    adapter = make(dm, gca_in_cross_attention=True)
+    gca = adapter.gca[0]
+    gca.v.weight.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    q, k, v, text, tokens = (torch.randn(2, n, 128, generator=g) for n in (24, 24, 24, 8, 4))
+    calls = []
+    attention = recording_backend("default", calls)
+    layers = (SimpleNamespace(function=recording_backend("self", calls)), SimpleNamespace(function=None))
+    layers = layers if preferred else (None, None)
+    override = rt.gca_override(gca, tokens, text.shape[1], None, layers, attention)
+    self_out, cross_out = block_attentions(override, attention, layers, q, k, v, text)
+    assert calls == [("self" if preferred else "default", "containers"), ("default", "containers")], calls
+    torch.testing.assert_close(self_out, sdpa(q, k, v, 1))
+    torch.testing.assert_close(cross_out, sdpa(q, text, text, 1) + gca(q, tokens))
+    # Why the container_function: without one the host takes the tensors out and skips the preferred backend.
+    calls.clear()
+    block_attentions(lambda func, *a, **kw: func(*a, **kw), attention, layers, q, k, v, text)
+    assert calls == [("default", "tensors"), ("default", "tensors")], calls
+
+
+@torch.no_grad()
+def test_gca_hands_another_extensions_container_override_its_containers(dm):
+    """An attention override another extension set with a container_function (upstream's attention-backend
+    nodes copy their backend's) still gets every attention's containers, as it would without G-CA."""
+    adapter = make(dm, gca_in_cross_attention=True)
+    g = torch.Generator().manual_seed(0)
+    q, k, v, text, tokens = (torch.randn(2, n, 128, generator=g) for n in (24, 24, 24, 8, 4))
+    calls = []
+    attention, theirs_backend = recording_backend("default", calls), recording_backend("theirs", calls)
+
+    def theirs(func, *args, **kwargs):
+        return theirs_backend(*args, **kwargs)
+
+    theirs.container_function = theirs_backend
+    preferred = (SimpleNamespace(function=recording_backend("self", calls)), None)
+    override = rt.gca_override(adapter.gca[0], tokens, text.shape[1], theirs, preferred, attention)
+    _, cross_out = block_attentions(override, attention, preferred, q, k, v, text)
+    assert calls == [("theirs", "containers"), ("theirs", "containers")], calls  # theirs outranks preferred
+    torch.testing.assert_close(cross_out, sdpa(q, text, text, 1) + adapter.gca[0](q, tokens))
+
+
+@torch.no_grad()
+def test_gca_takes_this_hosts_attention_containers(dm):
+    """On a host that has AttentionTensorContainer (ComfyUI 0.33; the pinned host passes plain tensors, the
+    override's tensor path that the tests above run through its Wan blocks), its own attention function
+    hands G-CA's override the containers, which reach another extension's container_function."""
+    import comfy.ldm.modules.attention as host
+
+    if not hasattr(host, "AttentionTensorContainer"):
+        pytest.skip("this host passes attention plain tensors: no container protocol to follow")
+    adapter = make(dm, gca_in_cross_attention=True)
+    gca = adapter.gca[0]
+    gca.v.weight.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    q, k, v, text, tokens = (torch.randn(2, n, 128, generator=g) for n in (24, 24, 24, 8, 4))
+    seen = []
+
+    def theirs(func, *args, **kwargs):
+        seen.append("tensors")
+        return func(*args, **kwargs)
+
+    def theirs_containers(*args, **kwargs):
+        seen.append(type(args[0]).__name__)
+        return host.optimized_attention(*args, **kwargs)  # the reentry keyword: the host's own container path
+
+    theirs.container_function = theirs_containers
+    override = rt.gca_override(gca, tokens, text.shape[1], theirs, (), host.optimized_attention)
+    opts = {"optimized_attention_override": override}
+    C = host.AttentionTensorContainer
+    self_out = host.optimized_attention(C(q), C(k), C(v), 1, transformer_options=opts)
+    cross_out = host.optimized_attention(C(q), C(text), C(text), 1, transformer_options=opts)
+    assert seen == ["AttentionTensorContainer"] * 2, seen
+    torch.testing.assert_close(self_out, host.optimized_attention(q, k, v, 1))
+    torch.testing.assert_close(cross_out, host.optimized_attention(q, text, text, 1) + gca(q, tokens))
+
+
+@torch.no_grad()
+def test_gca_in_this_hosts_blocks_keeps_each_layers_preferred_backend(dm):
+    """Through the real Wan blocks of this host (plain tensors to attention): with attention layers that
+    carry a preferred backend, as upstream's do, G-CA's override runs every attention through it."""
+    import copy
+
+    import comfy.ldm.modules.attention as host
+
+    adapter = make(dm, gca_in_cross_attention=True)
+    for gca in adapter.gca:
+        gca.v.weight.normal_(0, 0.5)
+    x, t, ctx, lr, glob, mask = inputs()
+    call = rt.compute_call(dm, adapter, lr, MICRO, glob, mask, ctx)
+    calls = []
+
+    def backend(q, k, v, heads, **kwargs):  # the host's reentry keyword: no second dispatch
+        calls.append(k.shape[1])
+        return host.optimized_attention(q, k, v, heads, **kwargs)
+
+    base = copy.deepcopy(dm)
+    for block in base.blocks:
+        block.self_attn.comfy_attention = block.cross_attn.comfy_attention = SimpleNamespace(function=backend)
+    out = rt.forward(base, adapter, x, t, ctx, call)
+    assert calls[1::2] == [ctx.shape[1]] * DIMS[1] and len(calls) == 2 * DIMS[1], calls
+    torch.testing.assert_close(out, rt.forward(dm, adapter, x, t, ctx, call))

@@ -6,7 +6,14 @@ import torch
 
 from models.blend import StitchConfig, StitchMode
 from models.joint import FusionSchedule
-from models.memory import BatchSizer, reserve_shape, sampler_bytes, sampler_frames
+from models.memory import (
+    MEMORY_EFFICIENT_ATTENTION,
+    BatchSizer,
+    host_estimate,
+    reserve_shape,
+    sampler_bytes,
+    sampler_frames,
+)
 from models.plan import PlanConfig, latent_frames, make_plan
 
 pytestmark = pytest.mark.pure  # the pack's pure-PyTorch core: one host runs it (.ci/test)
@@ -48,6 +55,66 @@ def test_reserved_shape_covers_the_patch_batch_and_the_full_size_latents(estimat
         assert extra == 0.0 or estimate(patch) + extra <= estimate(patch)
     # ComfyUI reserves its estimate of [2 B, ...] (cond and uncond); at least the sum asked for.
     assert estimate([2 * shape[0], *shape[1:]]) >= estimate(patch) + extra
+
+
+QUADRATIC = 0.15 / (0.01 * 2)  # upstream's conservative over its memory-efficient estimate, bf16
+
+
+# --- the host's estimate, as its sampler asks it ---------------------------------------------------------
+class LegacyModel:
+    """A model whose memory_required knows no attention profile (BaseModel on both test hosts)."""
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        return comfy_estimate(input_shape)
+
+
+class ProfiledModel:
+    """Upstream's BaseModel.memory_required (read against ComfyUI 0.38's tests of it): per token 0.01 MB per
+    byte of the inference dtype for memory-efficient attention, 0.15 MB otherwise (7.5 times as much in bf16)."""
+
+    def memory_required(self, input_shape, cond_shapes={}, memory_efficient_attention=None):
+        return comfy_estimate(input_shape) * (1 if memory_efficient_attention else QUADRATIC)
+
+
+def upstream_helper(calls):
+    """A stand-in for upstream's comfy.model_patcher.call_model_memory_required (neither test host has it):
+    the model's memory_required with the attention profile, which it omits for a model that knows none (as
+    upstream's tests/unit memory tests require); records each call."""
+
+    def call_model_memory_required(model, input_shape, cond_shapes=None, memory_efficient_attention=None):
+        calls.append((list(input_shape), cond_shapes, memory_efficient_attention))
+        if memory_efficient_attention is None:
+            return model.memory_required(input_shape, cond_shapes=cond_shapes or {})
+        return model.memory_required(
+            input_shape, cond_shapes or {}, memory_efficient_attention=memory_efficient_attention
+        )
+
+    return call_model_memory_required
+
+
+def test_estimate_without_the_hosts_helper_is_the_models_own():
+    patch = [2, 16, 21, 60, 104]
+    assert host_estimate(LegacyModel(), {})(patch) == comfy_estimate(patch)
+
+
+@pytest.mark.parametrize("flag", [None, True, False])
+def test_estimate_goes_through_the_hosts_helper_with_the_models_attention_profile(flag):
+    """Where the host has call_model_memory_required, the reservation asks it as the host's sampler does
+    (comfy/sampler_helpers.py estimate_memory), with the model option an attention override sets, so
+    PatchVSR's reserved shape is sized by the estimate the host will compute for it."""
+    calls, patch = [], [2, 16, 21, 60, 104]
+    options = {} if flag is None else {MEMORY_EFFICIENT_ATTENTION: flag}
+    model = LegacyModel() if flag is None else ProfiledModel()
+    estimate = host_estimate(model, options, upstream_helper(calls))
+    want = comfy_estimate(patch) * (QUADRATIC if flag is False else 1)
+    assert estimate(patch) == want and calls == [(patch, {}, flag)]
+    # The reservation follows the profile: a quadratic-attention estimate needs fewer extra frames.
+    extra = 3.83 * GB
+    shape = reserve_shape(estimate, patch, extra)
+    assert estimate(shape) >= estimate(patch) + extra
+    if flag is False:
+        efficient = host_estimate(ProfiledModel(), {MEMORY_EFFICIENT_ATTENTION: True}, upstream_helper([]))
+        assert shape[2] < reserve_shape(efficient, patch, extra)[2]
 
 
 # --- batches that adapt ---------------------------------------------------------------------------------

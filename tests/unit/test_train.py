@@ -12,22 +12,11 @@ from harness.inprocess import import_comfy, tiny_wan, training_mode
 from harness.runs import make_clip
 
 from models.adapter_file import load_adapter
-from models.data import read_clip
-from models.train import (
-    Sample,
-    TrainConfig,
-    Trainer,
-    cache_latents,
-    check_name,
-    checkpoints,
-    find_clips,
-    load_sample,
-    prepare_run,
-    run_folder,
-    run_identity,
-    split,
-    train,
-)
+from models.data import find_clips, read_clip
+from models.latents import Sample, cache_latents, load_sample, split
+from models.runs import check_name, checkpoints, prepare_run, run_folder, run_identity
+from models.train import Trainer, train
+from models.train_config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -296,7 +285,7 @@ def test_unreadable_clips_are_skipped_with_one_line_each(host, data, tmp_path, c
     (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
     (folder / "broken.png").write_bytes(b"not a png")
     cfg = config(folder, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="models.train"):
+    with caplog.at_level(logging.WARNING, logger="models.latents"):
         paths = cache_latents(cfg, find_clips(folder), host)
     lines = [r.getMessage() for r in caplog.records]
     print("\n".join(lines))
@@ -317,7 +306,7 @@ def test_unreadable_clips_are_skipped_with_one_line_each(host, data, tmp_path, c
 @pytest.mark.parametrize("what", ["adapter", "checkpoint"])
 def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
     import models.adapter_file
-    import models.train
+    import models.runs
 
     cfg = config(data, tmp_path)
     trainer = Trainer(cfg, tiny_wan(layers=2), text)
@@ -329,7 +318,7 @@ def test_files_are_written_atomically(data, tmp_path, monkeypatch, what):
             Path(filename).write_bytes(b"half a fi")
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(models.adapter_file if what == "adapter" else models.train, "save_file", crash)
+        monkeypatch.setattr(models.adapter_file if what == "adapter" else models.runs, "save_file", crash)
         with pytest.raises(OSError):
             trainer.export() if what == "adapter" else trainer.save_checkpoint()
     finally:
@@ -435,3 +424,37 @@ def test_the_null_prompt_replaces_captions_at_its_rate(data, tmp_path, rate):
     assert set(captions) <= {"", "a red car"}
     share = captions.count("") / len(captions)
     assert abs(share - rate) <= 0.02, share
+
+
+# -- the command line tool (tools/train_adapter.py) ------------------------------------------------------------
+
+
+def _tool():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "train_adapter.py"
+    spec = importlib.util.spec_from_file_location("train_adapter", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_command_line_defaults_are_the_configs_and_each_flag_sets_its_field(tmp_path):
+    from dataclasses import asdict
+
+    tool = _tool()
+    required = ["--comfyui", "ComfyUI", "--model", "m.safetensors", "--vae", "v.safetensors", "--data",
+                str(tmp_path), "--out", str(tmp_path / "a.safetensors")]  # fmt: skip
+    plain = tool.config(tool.parser().parse_args(required), native_hw=(64, 96))
+    assert asdict(plain) == asdict(TrainConfig(data=str(tmp_path), out=str(tmp_path / "a.safetensors"),
+                                               work=str(tmp_path / "a.ckpt"), crop_px=(64, 96)))  # fmt: skip
+    flags = ["--work", "w", "--steps", "7", "--lr", "0.5", "--lora-rank", "3", "--crop", "16", "32", "--max-frames",
+             "9", "--scale", "2", "3", "--cond-noise", "0.1", "0.4", "--patch-blocks", "1", "--global-blocks", "2",
+             "--accum", "4", "--precision", "fp32", "--shard", "--gca", "after", "--val-every", "5", "--ckpt-every",
+             "6", "--seed", "9"]  # fmt: skip
+    given = tool.config(tool.parser().parse_args(required + flags), native_hw=(64, 96))
+    assert asdict(given) == asdict(plain) | dict(
+        work="w", steps=7, lr=0.5, lora_rank=3, crop_px=(16, 32), max_frames=9, scale=(2.0, 3.0),
+        cond_noise=(0.1, 0.4), patch_blocks=1, global_blocks=2, accum=4, precision="fp32", shard=True,
+        gca_placement="after", val_every=5, ckpt_every=6, seed=9,
+    )  # fmt: skip

@@ -20,7 +20,18 @@ def widgets(workflow: dict, node_type: str) -> list:
     return node["widgets_values"]
 
 
-@pytest.mark.parametrize("name", sorted(notes()))
+LONG = "patchvsr_long_video_4k.json"
+# PatchVSR Long Video's widgets in the order the workflow file stores them (its schema's: required, then
+# optional).
+LONG_WIDGETS = (
+    "target", "scale", "keep_aspect", "patch_width", "patch_height", "window_frames", "seed", "steps", "cfg",
+    "sampler_name", "scheduler", "t0", "patch_batch", "lora_name", "lora_strength", "strength", "noise_t",
+    "encode_tile_px", "decode_tile_px", "decode_overlap_px", "decode_temporal_frames", "decode_temporal_overlap",
+    "chunk_overlap", "crf", "filename_prefix", "anchor_with_adapter",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(set(notes()) - {LONG}))
 def test_note_states_the_plan_the_workflow_makes(name):
     workflow = json.loads((REPO / "workflows" / name).read_text())
     (note,) = widgets(workflow, "MarkdownNote")
@@ -37,6 +48,29 @@ def test_note_states_the_plan_the_workflow_makes(name):
     rows, cols = len(plan.row_edges) - 1, len(plan.col_edges) - 1
     assert f"{g.target_hw[1]}x{g.target_hw[0]}, {cols} x {rows} patches" in note
     assert f"{plan.count(Kind.BASE) + len(plan.aux_boxes())} patches per step with the bridging ones" in note
+
+
+def test_long_video_note_states_the_chunks_and_plan_its_node_makes():
+    workflow = json.loads((REPO / "workflows" / LONG).read_text())
+    (note,) = widgets(workflow, "MarkdownNote")
+    assert note == notes()[LONG], f"{LONG}: regenerate it (cd tests && python -m harness.build_workflows)"
+    values = widgets(workflow, "PatchVSR_LongVideo")
+    assert len(values) == len(LONG_WIDGETS), "the node's widgets changed: update LONG_WIDGETS"
+    w = dict(zip(LONG_WIDGETS, values))
+    # Native patches and window, 3 latent frames shared, the default stitch: what the note plans.
+    assert (w["target"], w["keep_aspect"], w["patch_width"], w["patch_height"], w["window_frames"]) == (
+        "4K",
+        True,
+        0,
+        0,
+        0,
+    )
+    assert w["chunk_overlap"] == 3 and "sharing 9 (chunk_overlap 3)" in note
+    stated = re.search(r"(\d+) steps, cfg ([\d.]+)", note)
+    assert (int(stated[1]), float(stated[2])) == (w["steps"], w["cfg"]), stated[0]
+    g = note_plan("4K", "video").geometry
+    assert f"{g.target_hw[1]}x{g.target_hw[0]}, chunks of 81 frames" in note
+    assert "runs 4 chunks" in note and "40 chunks" in note  # 240 and 2880 frames, a new chunk every 72
 
 
 @pytest.mark.parametrize("name", sorted(notes()))

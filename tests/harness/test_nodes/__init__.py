@@ -5,8 +5,10 @@ the shape a Wan text encoder (umT5-XXL) produces. PoisonImages feeds the validat
 LatentStats reports on sampler outputs.
 """
 
+import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -381,9 +383,283 @@ class OutOfMemoryOnce(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
+class ModelReport(io.ComfyNode):
+    """An output node that reports what a MODEL carries that changes the sampler's model call (context
+    handler, model function wrapper, wrappers), after `samples` is made: a test checks that a node which
+    used this model left it as it was."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ModelReport",
+            display_name="Model Report (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to report on."),
+                io.Latent.Input("samples", tooltip="Any latent: the report waits for the node that makes it."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, samples) -> io.NodeOutput:
+        options = model.model_options
+        wrappers = {kind: sorted(k for k, fns in by_key.items() if fns) for kind, by_key in model.wrappers.items()}
+        report = {
+            "context_handler": type(options["context_handler"]).__name__ if "context_handler" in options else None,
+            "model_function_wrapper": "model_function_wrapper" in options,
+            "wrappers": {kind: keys for kind, keys in wrappers.items() if keys},
+        }
+        return io.NodeOutput(ui={"patchvsr_model": [report]})
+
+
+class ForeignContextHandler:
+    """A context handler of another node pack (no core IndexListContextHandler): it only has to exist, the
+    sampler refuses it before any model call."""
+
+    dim = 2
+
+    def should_use_context(self, *args, **kwargs):
+        return False
+
+
+class OtherContextHandler(io.ComfyNode):
+    """A clone with another pack's context handler in its model options (no core node makes one)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_OtherContextHandler",
+            display_name="Other Context Handler (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        patched = model.clone()
+        patched.model_options["context_handler"] = ForeignContextHandler()
+        return io.NodeOutput(patched)
+
+
+class SeamlessTiling(io.ComfyNode):
+    """Stands in for upstream ComfyUI's Seamless Tiling node (comfy_extras/nodes_seamless_tiling.py, not on
+    the test hosts): a clone whose model function wrapper runs the model on the latent rolled by half its
+    width and rolls the prediction back, as upstream's does for its shifted pass."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_SeamlessTiling",
+            display_name="Seamless Tiling stand-in (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        def model_function_wrapper(apply_model, args):
+            x = args["input"]
+            shift = x.shape[-1] // 2
+            out = apply_model(torch.roll(x, shift, dims=-1), args["timestep"], **args["c"])
+            return torch.roll(out, -shift, dims=-1)
+
+        patched = model.clone()
+        patched.set_model_unet_function_wrapper(model_function_wrapper)
+        return io.NodeOutput(patched)
+
+
+class CropLatent(io.ComfyNode):
+    """A clone with an APPLY_MODEL wrapper (key 'patchvsr_test_crop') that hands the model the top half of
+    the latent and pads the prediction back: another pack's wrapper that reshapes the latent, which no
+    core node on the test hosts does."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_CropLatent",
+            display_name="Crop Latent wrapper (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The model to clone.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        import comfy.patcher_extension
+
+        def crop(executor, x, *args, **kwargs):
+            h = x.shape[-2] // 2
+            out = executor(x[..., :h, :], *args, **kwargs)
+            return torch.cat([out, torch.zeros_like(out)], dim=-2)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "patchvsr_test_crop", crop)
+        return io.NodeOutput(patched)
+
+
+class ModelDims(io.ComfyNode):
+    """An output node that reports what the host detected a loaded diffusion model as (its supported-model
+    config and the Wan DiT's hyperparameters), so a benchmark can assert a generated checkpoint loads as the
+    real model it stands in for."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ModelDims",
+            display_name="Model Dims (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Model.Input("model", tooltip="The loaded model to describe.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        dm = model.model.diffusion_model
+        names = ("model_type", "dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim")
+        dims = {name: getattr(dm, name, None) for name in names}
+        dims["patch_size"] = list(getattr(dm, "patch_size", ()))
+        dims["config"] = type(model.model.model_config).__name__
+        dims["parameters"] = sum(p.numel() for p in dm.parameters())
+        dims["dtype"] = str(model.model.get_dtype()).removeprefix("torch.")
+        return io.NodeOutput(ui={"patchvsr_dims": [dims]})
+
+
+class AdapterInfo(io.ComfyNode):
+    """An output node that reports a loaded PatchVSR adapter (its parameters and dtypes), so a benchmark can run
+    the Adapter Loader by itself and measure what loading costs."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_AdapterInfo",
+            display_name="Adapter Info (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Custom("PATCHVSR_ADAPTER").Input("adapter", tooltip="The adapter from the Adapter Loader.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, adapter) -> io.NodeOutput:
+        module = adapter.patcher.model
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters()})
+        info = {"name": adapter.name, "parameters": sum(p.numel() for p in module.parameters()), "dtypes": dtypes,
+                "bytes": sum(p.nbytes for p in module.parameters())}  # fmt: skip
+        return io.NodeOutput(ui={"patchvsr_adapter": [info]})
+
+
+class PoolCodec(torch.nn.Module):
+    """A stand-in for a Wan 2.1 VAE's network with its shapes (16 channels, 8x space, 1 + 4k frames in time)
+    and none of its cost: encode averages each latent cell's pixels (the first frame alone, then groups of 4),
+    decode repeats them back."""
+
+    def encode(self, x):  # [B, 3, N, H, W] -> [B, 16, T, H/8, W/8]
+        first, rest = x[:, :, :1], x[:, :, 1:]
+        groups = rest.reshape(*rest.shape[:2], -1, 4, *rest.shape[3:]).mean(3) if rest.shape[2] else rest
+        z = torch.nn.functional.avg_pool3d(torch.cat([first, groups], 2), (1, 8, 8))
+        return z.repeat(1, 6, 1, 1, 1)[:, :16]
+
+    def decode(self, z):  # [B, 16, T, h, w] -> [B, 3, 4T - 3, 8h, 8w]
+        x = z[:, :3].repeat_interleave(8, 3).repeat_interleave(8, 4)
+        return torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(4, 2)], 2)
+
+
+class CheapVAE(io.ComfyNode):
+    """A copy of a Wan 2.1 VAE whose network is the PoolCodec: ComfyUI's own VAE around it (encode, the tiled
+    decode with its full-size buffers) runs as usual, for tests where the frame count and size matter and the
+    pictures do not (peak memory over long clips). The input VAE is not changed."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_CheapVAE",
+            display_name="Cheap VAE (tests)",
+            category="testing/patchvsr",
+            inputs=[io.Vae.Input("vae", tooltip="A Wan 2.1 VAE to copy.")],
+            outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, vae) -> io.NodeOutput:
+        cheap = copy.copy(vae)
+        cheap.first_stage_model = PoolCodec()
+        return io.NodeOutput(cheap)
+
+
+class SaveFrames(io.ComfyNode):
+    """An output node that saves IMAGE frames as a float32 .npy in the output folder, for exact comparisons."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_SaveFrames",
+            display_name="Save Frames (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Image.Input("images", tooltip="The frames to save."),
+                io.String.Input("tag", default="frames", tooltip="File name (without .npy) in the output folder."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, tag) -> io.NodeOutput:
+        import folder_paths
+        import numpy as np
+
+        np.save(Path(folder_paths.get_output_directory()) / f"{tag}.npy", images.float().cpu().numpy())
+        return io.NodeOutput(ui={"patchvsr_frames": [{"tag": tag, "shape": list(images.shape)}]})
+
+
+def _pack_module(name: str):
+    """One of the pack's node modules as this server loaded it (through a symlinked folder, under a name of
+    the host's choosing): found by its file."""
+    path = (REPO / "nodes" / f"{name}.py").resolve()
+    found = [
+        m for m in list(sys.modules.values()) if getattr(m, "__file__", None) and Path(m.__file__).resolve() == path
+    ]
+    assert found, f"the server has not loaded {path}"
+    return found[0]
+
+
+class ReadFrames(io.ComfyNode):
+    """Frames start..stop-1 of a file-backed VIDEO as the long-video node reads them for a chunk, to compare
+    with the host's Get Video Components."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_ReadFrames",
+            display_name="Read Frames (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Video.Input("video", tooltip="A VIDEO from Load Video."),
+                io.Int.Input("start", default=0, min=0, max=1 << 20, tooltip="First frame."),
+                io.Int.Input("stop", default=1, min=1, max=1 << 20, tooltip="One past the last frame."),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, video, start, stop) -> io.NodeOutput:
+        pack = _pack_module("long_video")
+        return io.NodeOutput(pack.read_frames(video, pack.open_source(video), start, stop))
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [
+            CheapVAE,
+            SaveFrames,
+            ReadFrames,
+            ModelDims,
+            AdapterInfo,
             ZeroTextConditioning,
             RandomTextConditioning,
             T0Sigmas,
@@ -396,6 +672,10 @@ class TestNodes(ComfyExtension):
             BlockProbe,
             RowCounter,
             OutOfMemoryOnce,
+            ModelReport,
+            OtherContextHandler,
+            SeamlessTiling,
+            CropLatent,
         ]
 
 

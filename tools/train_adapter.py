@@ -1,13 +1,14 @@
-"""Train a PatchVSR adapter from the command line, with the same code as the PatchVSR Adapter Trainer node.
+"""Train a PatchVSR adapter from the command line, with the same code as the PatchVSR Adapter Trainer node
+(nodes/train.py `run`).
 
-    python nodes/train_cli.py --comfyui /path/to/ComfyUI \\
+    python tools/train_adapter.py --comfyui /path/to/ComfyUI \\
         --model /path/to/wan2.1_t2v_1.3B_fp16.safetensors --vae /path/to/wan_2.1_vae.safetensors \\
         [--text-encoder /path/to/umt5_xxl_fp8_e4m3fn_scaled.safetensors] \\
         --data /path/to/hr_videos --out my_adapter.safetensors --steps 20000
 
 Several GPUs (data parallel, one process per GPU; the global batch is --accum x GPUs):
 
-    torchrun --nproc-per-node 8 nodes/train_cli.py ... --accum 8 [--shard]
+    torchrun --nproc-per-node 8 tools/train_adapter.py ... --accum 8 [--shard]
 
 --shard shards the adapter, its gradients and AdamW moments over the GPUs (FSDP2), for the 14B base whose
 adapter and optimiser do not fit one GPU; without it every GPU holds all of them (DDP).
@@ -18,6 +19,9 @@ beside the adapter); running the same command again resumes from the last checkp
 first), also with another number of GPUs and --accum when the global batch is the same. A checkpoint made
 with other settings, or an existing --out, stops the run with what differs; --overwrite replaces the
 adapter and starts over if the settings differ, --restart always starts over.
+
+Exit status: 0 done, 2 a refused run or bad arguments (the message says what to change), 130 stopped by
+Ctrl-C (with a checkpoint to resume from).
 """
 
 from __future__ import annotations
@@ -28,14 +32,30 @@ import logging
 import os
 import signal
 import sys
+import time
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NoReturn
 
 PACK = Path(__file__).resolve().parents[1]
-log = logging.getLogger("patchvsr.train_cli")
+# The pack's folder (ComfyUI-PatchVSR) is no Python name; its modules are imported as this package.
+PACKAGE = "patchvsr_pack"
+log = logging.getLogger("patchvsr.train_adapter")
+
+
+def pack_package():
+    """The pack as the package `patchvsr_pack`, registered without running its __init__.py (which needs
+    ComfyUI, set up only once the arguments are parsed): its pure PyTorch models/ imports at once."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACKAGE, PACK / "__init__.py", submodule_search_locations=[str(PACK)]
+        )
+        sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
+    return sys.modules[PACKAGE]
 
 
 def import_pack(comfyui: Path):
-    """ComfyUI on sys.path with its command line parsed as main.py would, then this pack as a package."""
+    """ComfyUI on sys.path with its command line parsed as main.py would, then the pack's __init__.py run."""
     sys.path.insert(0, str(comfyui))
     import comfy.options
 
@@ -48,22 +68,20 @@ def import_pack(comfyui: Path):
         import comfy.cli_args  # noqa: F401
     finally:
         sys.argv = saved
-    spec = importlib.util.spec_from_file_location(
-        "patchvsr_pack", PACK / "__init__.py", submodule_search_locations=[str(PACK)]
-    )
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["patchvsr_pack"] = pack
-    spec.loader.exec_module(pack)
+    pack = pack_package()
+    pack.__spec__.loader.exec_module(pack)
     return pack
 
 
 class StopBetweenSteps:
     """Ctrl-C stops the run at the next step boundary, where the trainer writes a checkpoint first (a
     KeyboardInterrupt mid-step would lose the steps since the last one). A second Ctrl-C stops at once.
-    Used as the trainer's progress: its check() is called before every step."""
+    Used as the trainer's progress: its check() is called before every step (and between clips while
+    latents are cached), set() after it, so the time from the last check() to set() is the step's."""
 
     def __enter__(self):
         self.asked = False
+        self.checked = time.monotonic()
         self.previous = signal.signal(signal.SIGINT, self._ask)
         return self
 
@@ -77,15 +95,37 @@ class StopBetweenSteps:
         log.info("stopping after this clip or step, with a checkpoint (Ctrl-C again to stop now)")
 
     def check(self) -> None:
+        self.checked = time.monotonic()
         if self.asked:
             raise KeyboardInterrupt
 
     def set(self, step: int, total: int) -> None:
-        pass
+        # A step of a real-size base takes seconds on a GPU and minutes on a CPU: without a line per step the
+        # command says nothing between loading and the end of the run.
+        log.info("step %d of %d done (%.1f s)", step, total, time.monotonic() - self.checked)
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The flags. A training setting's type and default come from TrainConfig (models/train_config.py):
+    written once, there, so this tool cannot drift from the dataclass."""
+    pack_package()
+    from patchvsr_pack.models.train_config import GCA_PLACEMENTS, PRECISIONS, TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def setting(flag: str, name: str, text: str = "", **kw) -> None:
+        """`flag` sets TrainConfig.<name>; a pair (tuple) takes two values, a switch (False) none."""
+        default = defaults[name]
+        if isinstance(default, bool):
+            assert default is False, f"{flag}: a switch can only turn TrainConfig.{name} on"
+            p.add_argument(flag, dest=name, action="store_true", help=text, **kw)
+            return
+        pair = isinstance(default, tuple)
+        p.add_argument(flag, dest=name, type=type(default[0] if pair else default), nargs=2 if pair else None,
+                       default=default, help=f"{text}; default %(default)s" if text else "default %(default)s",
+                       **kw)  # fmt: skip
+
     p.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder (holding main.py)")
     p.add_argument("--model", type=Path, required=True, help="Wan T2V diffusion model .safetensors")
     p.add_argument("--vae", type=Path, required=True, help="its VAE .safetensors")
@@ -100,56 +140,70 @@ def main(argv: list[str]) -> int:
     p.add_argument("--work", type=Path, help="cache and checkpoints (default: <out>.ckpt beside the adapter)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out; start over if settings differ")
     p.add_argument("--restart", action="store_true", help="delete the run's checkpoints and start from step 0")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--lora-rank", type=int, default=16)
+    setting("--steps", "steps")
+    setting("--lr", "lr")
+    setting("--lora-rank", "lora_rank")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size in pixels (default: native)")
-    p.add_argument("--max-frames", type=int, default=81)
-    p.add_argument(
+    setting("--max-frames", "max_frames")
+    setting(
         "--scale",
-        type=float,
-        nargs=2,
+        "scale",
+        "LR down-scale factor range, s ~ U[LO, HI] (paper: 1 4; the default covers 480p to 4K); stored in the "
+        "adapter's metadata; narrow it to train for one factor",
         metavar=("LO", "HI"),
-        default=(1.0, 4.5),
-        help="LR down-scale factor range, s ~ U[LO, HI] (paper: 1 4; default 1 4.5 covers 480p to 4K); stored in "
-        "the adapter's metadata; narrow it to train for one factor",
     )
-    p.add_argument(
+    setting(
         "--cond-noise",
-        type=float,
-        nargs=2,
+        "cond_noise",
+        "patch-condition noise augmentation range (paper: 0.2 0.3); its middle is used at inference",
         metavar=("LO", "HI"),
-        default=(0.2, 0.3),
-        help="patch-condition noise augmentation range (paper: 0.2 0.3); its middle is used at inference",
     )
-    p.add_argument("--patch-blocks", type=int, default=0, help="patch-branch blocks (0 = 1/6 of the base)")
-    p.add_argument("--global-blocks", type=int, default=0, help="global-branch blocks (0 = 1/10 of the base)")
-    p.add_argument(
-        "--accum", type=int, default=1, help="examples per GPU per step (gradient accumulation); batch = accum x GPUs"
-    )
-    p.add_argument(
+    setting("--patch-blocks", "patch_blocks", "patch-branch blocks (0 = 1/6 of the base)")
+    setting("--global-blocks", "global_blocks", "global-branch blocks (0 = 1/10 of the base)")
+    setting("--accum", "accum", "examples per GPU per step (gradient accumulation); batch = accum x GPUs")
+    setting(
         "--precision",
-        default="auto",
-        help="auto, bf16, fp16 or fp32: dtype of the frozen base and the computation (auto: bf16, fp16 on GPUs "
-        "without bf16); the trained weights and AdamW stay fp32",
+        "precision",
+        "dtype of the frozen base and the computation (auto: bf16, fp16 on GPUs without bf16); the trained "
+        "weights and AdamW stay fp32",
+        choices=PRECISIONS,
     )
-    p.add_argument(
+    setting(
         "--shard",
-        action="store_true",
-        help="under torchrun: shard the adapter, gradients and AdamW over the GPUs (FSDP2) instead of a copy each",
+        "shard",
+        "under torchrun: shard the adapter, gradients and AdamW over the GPUs (FSDP2) instead of a copy each",
     )
-    p.add_argument(
+    setting(
         "--gca",
-        choices=("inside", "after"),  # models/train.py GCA_PLACEMENTS (the pack is imported after parsing)
-        default="inside",
-        help="where G-CA (the global context's cross-attention) joins each base block: inside its text "
-        "cross-attention, sharing its query and output projection (the paper's supplement; default), or after "
-        "the block with a query and output projection of its own (about 4%% more per adapter step); recorded "
-        "in the adapter file, and a checkpoint of the other placement is not resumed",
+        "gca_placement",
+        "where G-CA (the global context's cross-attention) joins each base block: inside its text "
+        "cross-attention, sharing its query and output projection (the paper's supplement), or after the block "
+        "with a query and output projection of its own (about 4%% more per adapter step); recorded in the "
+        "adapter file, and a checkpoint of the other placement is not resumed",
+        choices=GCA_PLACEMENTS,
     )
-    p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    setting("--val-every", "val_every")
+    setting("--ckpt-every", "ckpt_every")
+    setting("--seed", "seed")
+    return p
+
+
+def config(args: argparse.Namespace, native_hw: tuple[int, int]):
+    """The TrainConfig the flags describe; the crop is the base's native size without --crop."""
+    pack_package()
+    from patchvsr_pack.models.runs import run_folder
+    from patchvsr_pack.models.train_config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
+    return TrainConfig(**given | dict(
+        data=str(args.data), out=str(args.out), work=str(args.work or run_folder(args.out)),
+        crop_px=tuple(args.crop or native_hw),
+    ))  # fmt: skip
+
+
+def main(argv: list[str]) -> NoReturn:
+    p = parser()
     args = p.parse_args(argv)
     # torchrun's environment (models/distributed.py reads it too, once the pack is importable)
     size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -174,17 +228,18 @@ def main(argv: list[str]) -> int:
     world = distributed.from_env()
     distributed.init(world)
     try:
-        return _train(p, args, world)
+        code = _train(p, args, world)
     finally:
         distributed.close(world)
+    distributed.end_process(world, code)
 
 
 def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
     import comfy.sd
     import comfy.utils
-    from patchvsr_pack.models.train import TrainConfig, check_name, run_folder
+    from patchvsr_pack.models.runs import check_name
     from patchvsr_pack.nodes.host import model_family
-    from patchvsr_pack.nodes.train import run
+    from patchvsr_pack.nodes.train import host_functions, run, train_dtype
 
     try:
         check_name(args.out.name, "--out")
@@ -195,22 +250,18 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
     clip = None
     if args.text_encoder:
         clip = comfy.sd.load_clip(ckpt_paths=[str(args.text_encoder)], clip_type=comfy.sd.CLIPType.WAN)
-    family = model_family(model)
-    cfg = TrainConfig(
-        data=str(args.data), out=str(args.out), work=str(args.work or run_folder(args.out)),
-        steps=args.steps, lr=args.lr, lora_rank=args.lora_rank, crop_px=tuple(args.crop or family.native_hw),
-        max_frames=args.max_frames, patch_blocks=args.patch_blocks, global_blocks=args.global_blocks,
-        val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed, scale=tuple(args.scale),
-        cond_noise=tuple(args.cond_noise), accum=args.accum, precision=args.precision, shard=args.shard,
-        gca_placement=args.gca,
-    )  # fmt: skip
+    cfg = config(args, model_family(model).native_hw)
     if world.main and world.size > 1:
         log.info("%d processes, global batch %d (--accum %d per process)", world.size, world.size * args.accum,
                  args.accum)  # fmt: skip
     try:
+        host = host_functions(model, vae, clip, train_dtype(cfg))
+        # The trainer trains its own copy of the DiT (host_functions). Kept, the host's model would hold a second
+        # copy of the base for the whole run: its fp32 weights on a CPU (5.3 GiB at 1.3B, measured in
+        # docs/real_dims.md), the CPU copy every process of a GPU run loaded (28.6 GB at 14B).
+        del model
         with StopBetweenSteps() as progress:
-            path, history = run(model, vae, clip, cfg, progress, overwrite=args.overwrite, restart=args.restart,
-                                world=world)  # fmt: skip
+            path, history = run(host, cfg, progress, overwrite=args.overwrite, restart=args.restart, world=world)
     except ValueError as e:  # a refused run: the message says what differs and what to do
         if world.main:  # every rank stops with the same message (models/train.py shares rank 0's verdict)
             log.error("error: %s", e)
@@ -229,4 +280,4 @@ def _train(p: argparse.ArgumentParser, args: argparse.Namespace, world) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])
