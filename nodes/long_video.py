@@ -633,6 +633,9 @@ class LongVideo(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    # Said outright: newer frontends (1.5x) give an INT named seed a "randomize after each run"
+                    # control unless told otherwise, which would start a new run instead of resuming this one.
+                    control_after_generate=False,
                     tooltip="Noise seed (chunk k uses seed + k). It stays fixed: a run queued again with the same "
                     "seed resumes.",
                 ),

@@ -24,6 +24,8 @@ from .sockets import CATEGORY
 from .validate import widget_errors
 
 log = logging.getLogger(__name__)
+# The trainer's own defaults, which the node's widgets show (and the command line's options take too).
+D = TrainConfig(data="", out="", work="")
 
 
 def text_function(clip, width: int):
@@ -127,10 +129,10 @@ class AdapterTrainer(io.ComfyNode):
                     tooltip="File name (without .safetensors) in models/patchvsr; its checkpoints go to <name>.ckpt "
                     "beside it. Letters, digits, '_', '-', '.', spaces.",
                 ),
-                io.Int.Input("steps", default=2000, min=1, max=10_000_000, tooltip="Optimiser steps."),
+                io.Int.Input("steps", default=D.steps, min=1, max=10_000_000, tooltip="Optimiser steps."),
                 io.Float.Input(
                     "learning_rate",
-                    default=1e-5,
+                    default=D.lr,
                     min=1e-7,
                     max=1e-1,
                     step=1e-6,
@@ -138,7 +140,11 @@ class AdapterTrainer(io.ComfyNode):
                     tooltip="AdamW learning rate (paper: 1e-5).",
                 ),
                 io.Int.Input(
-                    "lora_rank", default=16, min=1, max=256, tooltip="Rank of the LoRA on the base's attention and FFN."
+                    "lora_rank",
+                    default=D.lora_rank,
+                    min=1,
+                    max=256,
+                    tooltip="Rank of the LoRA on the base's attention and FFN.",
                 ),
                 io.Int.Input(
                     "crop_width",
@@ -157,21 +163,33 @@ class AdapterTrainer(io.ComfyNode):
                     tooltip="Training crop height in pixels; 0 = the model's native height.",
                 ),
                 io.Int.Input(
-                    "max_frames", default=81, min=1, max=1025, step=4, tooltip="Frames read per clip (1 + 4k)."
+                    "max_frames",
+                    default=D.max_frames,
+                    min=1,
+                    max=1025,
+                    step=4,
+                    tooltip="Frames read per clip (1 + 4k).",
                 ),
                 io.Int.Input(
                     "checkpoint_every",
-                    default=200,
+                    default=D.ckpt_every,
                     min=1,
                     max=1_000_000,
                     tooltip="Steps between checkpoints (and resume points).",
                 ),
                 io.Int.Input(
-                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of crops, noise and data order."
+                    "seed",
+                    default=D.seed,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    # Fixed: newer frontends randomize an INT named seed after each run unless told otherwise,
+                    # and a run queued again must resume with the same seed.
+                    control_after_generate=False,
+                    tooltip="Seed of crops, noise and data order.",
                 ),
                 io.Float.Input(
                     "scale_min",
-                    default=1.0,
+                    default=D.scale[0],
                     min=1.0,
                     max=8.0,
                     step=0.25,
@@ -181,7 +199,7 @@ class AdapterTrainer(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "scale_max",
-                    default=4.5,
+                    default=D.scale[1],
                     min=1.0,
                     max=8.0,
                     step=0.25,
@@ -191,7 +209,7 @@ class AdapterTrainer(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "condition_noise_min",
-                    default=0.2,
+                    default=D.cond_noise[0],
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -200,7 +218,7 @@ class AdapterTrainer(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "condition_noise_max",
-                    default=0.3,
+                    default=D.cond_noise[1],
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -209,7 +227,7 @@ class AdapterTrainer(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "accumulate",
-                    default=1,
+                    default=D.accum,
                     min=1,
                     max=4096,
                     optional=True,
@@ -219,7 +237,7 @@ class AdapterTrainer(io.ComfyNode):
                 io.Combo.Input(
                     "precision",
                     options=list(PRECISIONS),
-                    default="auto",
+                    default=D.precision,
                     optional=True,
                     tooltip="Dtype of the frozen base and of the computation (the trained weights stay fp32). auto: "
                     "bf16 where the device has it, fp16 on GPUs older than Ampere.",
@@ -234,7 +252,7 @@ class AdapterTrainer(io.ComfyNode):
                 io.Combo.Input(
                     "gca_placement",
                     options=list(GCA_PLACEMENTS),
-                    default="inside",
+                    default=D.gca_placement,
                     optional=True,
                     tooltip="Where G-CA (the global context's cross-attention) joins each Wan block. inside: in its text "
                     "cross-attention, sharing its query and output projection (the paper's supplement). after: after the "

@@ -1,7 +1,7 @@
 """Benchmark: patch-wise joint modulation on a real-architecture Wan DiT (ComfyUI's WanModel, random
 weights, CPU-sized), for outputs from 1080p to 4K, in each fusion mode side by side.
 
-    bash .ci/bench            # prints Markdown tables; README.md shows the latest ones
+    bash .ci/bench            # prints Markdown tables; docs/performance.md shows the latest ones
 
 Per output size and fusion mode it reports DiT evaluations and token-weighted cost per step against the
 base grid (mean over a 50-step run: SHIFTED changes grids between steps), the seam score and colour drift
@@ -387,8 +387,8 @@ def print_projection() -> None:
     print(f"\nProjection, not a measurement: FLOPs per step (cfg 1) for an {CLIP_FRAMES}-frame clip from the real "
           f"configs' dims and layers, and time per step on one {GPU} at {100 * UTILISATION:.0f}% of its "
           f"{GPU_TFLOPS:.0f} TFLOPS dense bf16 peak; cfg > 1 doubles both. Whole-clip times: the DiT alone "
-          "(no VAE, text encoder or offloading), per recipe; a few-step run ends on the weighted step, so its "
-          "mean step costs more than a 50-step run's.\n")  # fmt: skip
+          "(no VAE, text encoder or offloading), per recipe; the shifted stitch's last step runs the "
+          "final grid (cells centred on the base seams), so a few-step run costs a little more per step.\n")  # fmt: skip
     print("| output | model | weighted PFLOP/step | shifted PFLOP/step | shifted / weighted | weighted s/step | "
           "shifted s/step | full frame (one pass) PFLOP | " + " | ".join(f"clip, {r[0]}" for r in RECIPES) + " |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|" + "---|" * len(RECIPES))

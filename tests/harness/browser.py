@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from .build_workflows import INPUT_CLIP
+from .runs import INPUT_CLIP
 from .tiny_models import DISTILL_LORA_NAME, DIT, VAE
 
 CHROMIUM = Path("/usr/bin/chromium")

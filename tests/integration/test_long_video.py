@@ -26,10 +26,9 @@ import pytest
 import torch
 import websocket
 from einops import rearrange
-from harness.build_workflows import INPUT_CLIP
 from harness.fusion_proxies import flicker
 from harness.paths import REPO, WORK
-from harness.runs import make_clip, tiny_prompt
+from harness.runs import INPUT_CLIP, make_clip, tiny_prompt
 from harness.server import ComfyServer
 from harness.tiny_models import DIT, DIT_I2V, VAE
 from harness.trained import DIT_NAME, VAE_NAME, install

@@ -1,5 +1,5 @@
 """The shipped workflows' notes state what the workflow really runs: each file carries the note the
-generator (harness/build_workflows.py) makes from the plan its partitioner makes for the note's clip (the
+generator (generators/build_workflows.py) makes from the plan its partitioner makes for the note's clip (the
 node's own planning functions), for the steps, cfg and stitch its nodes hold; and every model file a loader
 names comes with its download address, as ComfyUI's own templates carry it."""
 
@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from harness.build_workflows import MODEL_FILES, note_plan, notes
+from generators.build_workflows import MODEL_FILES, note_plan, notes
 from harness.paths import REPO
 
 from models.plan import Kind
@@ -35,7 +35,7 @@ LONG_WIDGETS = (
 def test_note_states_the_plan_the_workflow_makes(name):
     workflow = json.loads((REPO / "workflows" / name).read_text())
     (note,) = widgets(workflow, "MarkdownNote")
-    assert note == notes()[name], f"{name}: regenerate it (cd tests && python -m harness.build_workflows)"
+    assert note == notes()[name], f"{name}: regenerate it (cd tests && python -m generators.build_workflows)"
     target, _, keep_aspect, patch_w, patch_h, window = widgets(workflow, "PatchVSR_Partitioner")
     assert keep_aspect and (patch_w, patch_h, window) == (0, 0, 0)  # native patches: what the note plans
     assert widgets(workflow, "PatchVSR_Stitcher")[0] == "shifted"
@@ -53,7 +53,7 @@ def test_note_states_the_plan_the_workflow_makes(name):
 def test_long_video_note_states_the_chunks_and_plan_its_node_makes():
     workflow = json.loads((REPO / "workflows" / LONG).read_text())
     (note,) = widgets(workflow, "MarkdownNote")
-    assert note == notes()[LONG], f"{LONG}: regenerate it (cd tests && python -m harness.build_workflows)"
+    assert note == notes()[LONG], f"{LONG}: regenerate it (cd tests && python -m generators.build_workflows)"
     values = widgets(workflow, "PatchVSR_LongVideo")
     assert len(values) == len(LONG_WIDGETS), "the node's widgets changed: update LONG_WIDGETS"
     w = dict(zip(LONG_WIDGETS, values))

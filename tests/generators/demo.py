@@ -20,13 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from .build_workflows import INPUT_CLIP
-from .paths import REPO, WORK
-from .runs import tiny_prompt
-from .server import ComfyServer
-from .tiny_models import ensure_in_subprocess
-from .trained import DIT_NAME, VAE_NAME, install
-from .workflow import override
+from harness.paths import REPO, WORK
+from harness.runs import INPUT_CLIP, tiny_prompt
+from harness.server import ComfyServer
+from harness.tiny_models import ensure_in_subprocess
+from harness.trained import DIT_NAME, VAE_NAME, install
+from harness.workflow import override
 
 DEFAULT_WORKFLOW = REPO / "workflows" / "patchvsr_2k_from_video.json"
 MODES = {"naive": {"mode": "naive"}, "weighted": {"mode": "weighted"}, "shifted": {"mode": "shifted"}}
@@ -36,7 +35,7 @@ COMPARE_FRAMES, OTHER_FRAMES = 17, 5
 
 
 def compare(server, args) -> int:
-    from . import figures, pixel_eval
+    from harness import figures, pixel_eval
 
     cfg = pixel_eval.CompareConfig(
         frames=args.frames or COMPARE_FRAMES, steps=max(args.steps, 4), patch_px=args.patch, t0=args.t0
@@ -49,7 +48,7 @@ def compare(server, args) -> int:
     png = figures.side_by_side(frames, scores, plan, args.out / "patchvsr_demo_frame.png", index=cfg.frames // 2)
     zoom = figures.zoom_only(frames, plan, args.out / "patchvsr_demo_seam_zoom.png", index=cfg.frames // 2)
     (args.out / "patchvsr_demo_scores.json").write_text(json.dumps(scores, indent=1))
-    figures.save_frames(frames, args.out / "frames", index=cfg.frames // 2)  # for harness/demo_thumbnails.py
+    figures.save_frames(frames, args.out / "frames", index=cfg.frames // 2)  # for generators/demo_thumbnails.py
     print(f"wrote {png.resolve()}\nwrote {zoom.resolve()}")
     for video in videos:
         dest = args.out / f"{DEFAULT_WORKFLOW.stem}_x2_shifted.mp4"
@@ -61,8 +60,8 @@ def compare(server, args) -> int:
 def plain(server, workflow: Path, args, lr_clip: str | None) -> int:
     """The shipped workflow as it is (2K preset etc.), on the trained models; the input is the held-out LR
     clip."""
-    from . import pixel_eval
-    from .proof import write_mp4
+    from harness import pixel_eval
+    from harness.proof import write_mp4
 
     frames = args.frames or OTHER_FRAMES
     _, lr = pixel_eval.heldout_pair(pixel_eval.CompareConfig(frames=frames))
@@ -92,7 +91,7 @@ def plain(server, workflow: Path, args, lr_clip: str | None) -> int:
 def random_models(workflow: Path, models: Path, args) -> int:
     """The 2K (or any) workflow as shipped on the random tiny models and a synthetic clip: proves the
     pipeline runs, the video shows coloured noise."""
-    from .runs import make_clip
+    from harness.runs import make_clip
 
     base = WORK / "demo-server"
     shutil.rmtree(base / "output", ignore_errors=True)

@@ -3,7 +3,7 @@ shows (it asks for /api/workflow_templates/<pack>/<name>.jpg). For now the plan 
 partitioner draws, over a synthetic 16:9 frame, with the workflow's title; real before/after frames replace
 them once trained tiny models can make a picture worth showing.
 
-    cd tests && ../.venv/bin/python -m harness.thumbnails   # rewrites workflows/*.jpg
+    cd tests && ../.venv/bin/python -m generators.thumbnails   # rewrites workflows/*.jpg
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import json
 import sys
 
 import numpy as np
-
-from .paths import REPO
+from harness.paths import REPO
 
 SIZE = (512, 288)  # w, h: 16:9 like the clips the workflows take
 TITLES = {

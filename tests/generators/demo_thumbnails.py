@@ -3,7 +3,7 @@ the held-out frame split down the middle, LR input (nearest) on the left and the
 right, with the workflow's name. Made from the tiny models trained here (tests/tiny), not from a real Wan.
 
     bash .ci/demo                                  # writes output/frames/*.png
-    cd tests && ../.venv/bin/python -m harness.demo_thumbnails [--frames ../output/frames] [--size 320 180]
+    cd tests && ../.venv/bin/python -m generators.demo_thumbnails [--frames ../output/frames] [--size 320 180]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .paths import REPO
+from harness.paths import REPO
 
 
 def title_of(workflow: Path) -> str:

@@ -1,7 +1,7 @@
 """Authoring tool for the files in workflows/: writes UI-format workflow JSON from a compact graph
 description, with inputs, outputs and widget order taken from a running server's /object_info.
 
-    cd tests && ../.venv/bin/python -m harness.build_workflows   # starts a test server, rewrites workflows/*.json
+    cd tests && ../.venv/bin/python -m generators.build_workflows   # starts a test server, rewrites workflows/*.json
 
 The shipped JSON files are the source of truth the tests run; this only saves hand-editing them.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from .paths import REPO, WORK
-from .workflow import _extra_slots, _inputs, _is_widget
+from harness.paths import REPO, WORK
+from harness.runs import INPUT_CLIP
+from harness.workflow import _extra_slots, _inputs, _is_widget
 
 # Model file names as the Comfy-Org repackaged Wan 2.1 files are called in an artist's install, with where
 # ComfyUI's frontend can download them from when they are missing (the `models` property of a loader node,
@@ -28,7 +29,6 @@ MODEL_FILES = {
 }
 POSITIVE = "a detailed, sharp, high resolution video"
 NEGATIVE = "blurry, low resolution, compression artifacts, oversmoothed, static"
-INPUT_CLIP = "patchvsr_example.mp4"
 # A step-distillation LoRA for Wan 2.1 T2V 1.3B as the artist saves it in models/loras (e.g. CausVid's, whose
 # licence is CC BY-NC 4.0: non-commercial; the note says to pick one's own).
 DISTILL_LORA = "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
@@ -302,8 +302,8 @@ def notes() -> dict[str, str]:
 def main() -> None:
     import sys
 
-    from .server import ComfyServer
-    from .tiny_models import ensure_in_subprocess
+    from harness.server import ComfyServer
+    from harness.tiny_models import ensure_in_subprocess
 
     sys.path.insert(0, str(REPO))  # the pure-PyTorch models package, for the notes' costs
     models = ensure_in_subprocess(WORK / "models")
