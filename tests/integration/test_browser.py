@@ -42,8 +42,8 @@ from harness.browser import (
     visible_dialogs,
     wait_for_prompt,
 )
-from harness.build_workflows import INPUT_CLIP
 from harness.paths import HOST, REPO, WORK, newest_frontend
+from harness.runs import INPUT_CLIP
 from harness.server import ComfyServer
 from harness.video import video_size
 
