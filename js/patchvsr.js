@@ -3,8 +3,13 @@
 // 2. the partitioner's cost text (computed by the server, nodes/partition.py) shown on the node, with the
 //    total for the PatchVSR sampler connected to its plan, looked up in the server's run totals by the
 //    sampler's and stitcher's current widgets (so it follows them before the next run).
-import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+// The app and the widget constructors come from window.comfyAPI, the object the frontend publishes for
+// extensions (every frontend this pack is tested with has it): the legacy module shims under scripts/ make
+// newer frontends log that the pack imports an internal module. A frontend without window.comfyAPI loads
+// the shims instead, imported only there so no other frontend evaluates them.
+const comfyAPI = window.comfyAPI;
+const { app } = comfyAPI?.app ?? (await import("../../scripts/app.js"));
+const { ComfyWidgets } = comfyAPI?.widgets ?? (await import("../../scripts/widgets.js"));
 
 const PREFIX = "PatchVSR_";
 const PARTITIONER = "PatchVSR_Partitioner";
@@ -14,24 +19,16 @@ function widgetValue(node, name) {
   return node?.widgets?.find((w) => w.name === name)?.value;
 }
 
-// The nodes fed by `node`'s output slot `slot`.
+// The nodes fed by `node`'s output slot `slot`. Connectivity goes through the node's methods, not
+// through `output.links` / `input.link`, which newer frontends report as deprecated on every read.
 function targets(node, slot) {
-  const graph = node.graph ?? app.graph;
-  const ids = node.outputs?.[slot]?.links ?? [];
-  return ids
-    .map((id) => (graph.links.get ? graph.links.get(id) : graph.links[id]))
-    .filter(Boolean)
-    .map((link) => graph.getNodeById(link.target_id))
-    .filter(Boolean);
+  return node.getOutputNodes?.(slot) ?? [];
 }
 
 // The stitcher feeding a sampler's `stitcher` input, if any.
 function stitcherOf(sampler) {
-  const graph = sampler.graph ?? app.graph;
-  const input = sampler.inputs?.find((i) => i.name === "stitcher");
-  if (input?.link == null) return null;
-  const link = graph.links.get ? graph.links.get(input.link) : graph.links[input.link];
-  return link ? graph.getNodeById(link.origin_id) : null;
+  const slot = sampler.findInputSlot?.("stitcher") ?? -1;
+  return slot < 0 ? null : (sampler.getInputNode?.(slot) ?? null);
 }
 
 // Patch evaluations of a run: the server's total for this mode and step count (models/cost.py run_totals,
@@ -61,6 +58,12 @@ function costLines(node) {
   return [text, ...connectedRuns(node, totals)].join("\n");
 }
 
+// The text widget's textarea: `element` on current frontends, where reading the older `inputEl` alias logs
+// a deprecation; `inputEl` only where `element` does not exist.
+function textArea(widget) {
+  return widget.element ?? widget.inputEl;
+}
+
 function showCost(node) {
   if (!node.patchvsrCost) return;
   const lines = costLines(node);
@@ -70,14 +73,16 @@ function showCost(node) {
     // Display only: never saved in the workflow's widget values nor sent to the server.
     widget.serialize = false;
     if (widget.options) widget.options.serialize = false;
-    if (widget.inputEl) widget.inputEl.readOnly = true;
+    const el = textArea(widget);
+    if (el) el.readOnly = true;
     // Room for the text below the widgets the node already has.
     const [w, h] = node.computeSize?.() ?? node.size;
     node.setSize?.([Math.max(node.size[0], w), Math.max(node.size[1], h + 140)]);
   }
   if (widget.value !== lines) {
     widget.value = lines;
-    if (widget.inputEl) widget.inputEl.value = lines;
+    const el = textArea(widget);
+    if (el) el.value = lines;
     node.setDirtyCanvas?.(true, true);
   }
 }

@@ -30,6 +30,15 @@ def comfy_root() -> Path:
     return Path(marker.read_text().strip())
 
 
+def newest_frontend() -> Path:
+    """The static folder of the newest comfyui-frontend-package, which .ci/bootstrap installs beside the 0.33
+    host's own frontend (recorded in the venv)."""
+    marker = VENV / "newest-frontend"
+    if not marker.exists():
+        raise RuntimeError(f"no newest frontend at {VENV}: run `bash .ci/bootstrap {HOST}` first")
+    return Path(marker.read_text().strip())
+
+
 def host_python() -> str:
     """The interpreter with torch and ComfyUI's requirements: this one when it runs from the venv."""
     candidate = VENV / "bin" / "python"

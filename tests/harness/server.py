@@ -68,7 +68,7 @@ class ComfyServer:
         with_test_nodes: bool = True,
         start_timeout: float = 240,
         threads: int | None = None,
-        frontend: bool = False,
+        frontend: bool | Path = False,
         preview_method: str | None = None,
     ):
         self.base_dir = Path(base_dir).resolve()
@@ -79,8 +79,9 @@ class ComfyServer:
         # small ops, where a second thread costs more in synchronisation than it brings (the sampler matrix
         # on the pinned host: 573 s with one thread, 891 s with two, on an idle 2-core machine).
         self.threads = threads
-        # The real web frontend (the host's pinned comfyui-frontend-package) for the browser tests; API-only
-        # servers get an empty frontend folder, which keeps the package's files off their start-up.
+        # The real web frontend for the browser tests: True serves the host's pinned comfyui-frontend-package,
+        # a folder another frontend build (its `static` folder, through --front-end-root). API-only servers
+        # get an empty frontend folder, which keeps the package's files off their start-up.
         self.frontend = frontend
         # --preview-method (latent2rgb, auto, taesd): the live previews the sampler sends while it denoises.
         self.preview_method = preview_method
@@ -145,8 +146,10 @@ class ComfyServer:
             "--base-directory", str(self.base_dir), "--disable-api-nodes", "--disable-auto-launch",
             "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(yaml_path),
         ]  # fmt: skip
-        if not self.frontend:
+        if self.frontend is False:
             cmd += ["--front-end-root", str(self.base_dir / "frontend")]
+        elif self.frontend is not True:
+            cmd += ["--front-end-root", str(self.frontend)]
         if self.preview_method is not None:
             cmd += ["--preview-method", self.preview_method]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
