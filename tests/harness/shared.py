@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -25,17 +26,34 @@ TRAINING_CODE = (REPO / "models", REPO / "tools", REPO / "nodes")
 
 
 def fingerprint(parts: Iterable[str | Path]) -> str:
-    """sha1 of strings and of files' contents (folders: their .py files, recursively, in order)."""
+    """sha1 of strings and of files' contents (folders: their .py files, recursively, in order, with their paths
+    in the repository). A file named on its own counts by its name and contents only: each host keeps its models
+    in a folder of its own, and the same model there must give the same key."""
     h = hashlib.sha1()
     for part in parts:
-        if isinstance(part, Path):
-            files = sorted(part.rglob("*.py")) if part.is_dir() else [part] if part.exists() else []
-            for f in files:
+        if isinstance(part, Path) and part.is_dir():
+            for f in sorted(part.rglob("*.py")):
                 h.update(str(f.relative_to(REPO)).encode())
                 h.update(f.read_bytes())
+        elif isinstance(part, Path):
+            h.update(part.name.encode())
+            if part.exists():
+                h.update(_contents(part))
         else:
             h.update(part.encode())
     return h.hexdigest()[:12]
+
+
+def _contents(path: Path) -> bytes:
+    """A file's bytes; a safetensors file's with its header's keys sorted: the hosts' ComfyUI versions write the
+    same tiny model's metadata in different orders (same tensors, other bytes)."""
+    data = path.read_bytes()
+    if path.suffix != ".safetensors":
+        return data
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    return json.dumps(header, sort_keys=True).encode() + data[8 + n :]
 
 
 def built_once(name: str, key_parts: Iterable[str | Path], build: Callable[[Path], None]) -> Path:
