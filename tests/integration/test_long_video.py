@@ -173,7 +173,7 @@ def vmhwm_kib(pid: int) -> int:
 
 def test_peak_memory_is_one_chunks_at_81_321_and_961_frames(lv):
     """The server's peak RSS over a whole run (VmHWM, reset before each with clear_refs) does not grow from 5
-    to 14 chunks and stays within 15% of one chunk's. 256x192 output frames: a float32 IMAGE of all 961 frames (what the short-clip graph holds)
+    to 14 chunks and stays within 10% of one chunk's. 256x192 output frames: a float32 IMAGE of all 961 frames (what the short-clip graph holds)
     would be 567 MB, half the server's peak. The VAE is the CheapVAE test node: ComfyUI's own VAE with its
     tiled decode and buffers, around a pooling stand-in for the network (the tiny Wan VAE needs minutes for
     961 frames at this size); the DiT is the tiny Wan. Save Video stream-copies the result."""
@@ -190,12 +190,12 @@ def test_peak_memory_is_one_chunks_at_81_321_and_961_frames(lv):
     whole = 961 * 192 * 256 * 3 * 4 / 2**20
     print(f"\npeak RSS (MiB) by clip length: {peaks}; a float32 IMAGE of 961 output frames: {whole:.0f} MiB")
     assert whole > 0.3 * min(peaks.values()), "frames too small for holding the clip to show"
-    # One chunk has no hand-over (no previous tail, no cross-fade, no next chunk read ahead), so 81 frames
-    # peak a little lower; from 5 to 14 chunks the 640 extra frames (361 MiB as float32) must add nothing
-    # beyond allocator noise.
+    # One chunk has no hand-over (no previous tail, no cross-fade), so 81 frames peak a little lower; from 5 to
+    # 14 chunks the 640 extra frames (361 MiB as float32) must add nothing beyond allocator noise (before the
+    # node trimmed the C heap after each chunk, it crept up by 30-50 MiB here).
     extra = 640 * 192 * 256 * 3 * 4 / 2**20
     assert peaks[961] - peaks[321] <= 0.1 * extra, peaks
-    assert max(peaks.values()) <= 1.15 * min(peaks.values()), peaks
+    assert max(peaks.values()) <= 1.10 * min(peaks.values()), peaks
 
 
 def test_chunks_are_read_as_get_video_components_decodes_them(lv):
