@@ -75,17 +75,7 @@ def plain(server, workflow: Path, args, lr_clip: str | None) -> int:
     if "PatchVSR_Sampler" in kinds:
         prompt = override(prompt, "PatchVSR_Sampler", cfg=1.0, t0=args.t0)
     print(f"running {workflow.name} on the trained tiny models through {server.url} ...", flush=True)
-    result = server.run(prompt)
-    if result.status != "success":
-        print(f"workflow {result.status}: {json.dumps(result.error, indent=1)[:4000]}", file=sys.stderr)
-        return 1
-    videos = result.files(server.output_dir)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for video in videos:
-        dest = args.out / f"{workflow.stem}.mp4"
-        shutil.copy2(video, dest)
-        print(f"wrote {dest.resolve()}")
-    return 0 if videos else 1
+    return run_and_copy(server, prompt, args.out / f"{workflow.stem}.mp4")
 
 
 def random_models(workflow: Path, models: Path, args) -> int:
@@ -101,16 +91,22 @@ def random_models(workflow: Path, models: Path, args) -> int:
         make_clip(server.input_dir / INPUT_CLIP, frames=frames)
         prompt = tiny_prompt(workflow, server.object_info(), steps=args.steps, t2v_size=(256, 144, frames))
         print(f"running {workflow.name} on the tiny models through {server.url} ...", flush=True)
-        result = server.run(prompt)
-        if result.status != "success":
-            print(f"workflow {result.status}: {json.dumps(result.error, indent=1)[:4000]}", file=sys.stderr)
-            return 1
-        videos = result.files(server.output_dir)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for video in videos:
-            dest = args.out / f"{workflow.stem}.mp4"
-            shutil.copy2(video, dest)
-            print(f"wrote {dest.resolve()} in {time.monotonic() - started:.0f} s")
+        code = run_and_copy(server, prompt, args.out / f"{workflow.stem}.mp4")
+    print(f"finished in {time.monotonic() - started:.0f} s")
+    return code
+
+
+def run_and_copy(server: ComfyServer, prompt: dict, dest: Path) -> int:
+    """Runs `prompt` and copies the video it saved to `dest`; the exit status (1 on an error or no video)."""
+    result = server.run(prompt)
+    if result.status != "success":
+        print(f"workflow {result.status}: {json.dumps(result.error, indent=1)[:4000]}", file=sys.stderr)
+        return 1
+    videos = result.files(server.output_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for video in videos:
+        shutil.copy2(video, dest)
+        print(f"wrote {dest.resolve()}")
     return 0 if videos else 1
 
 
