@@ -57,3 +57,24 @@ def small_op_server(tiny_models):
 @pytest.fixture(scope="session")
 def object_info(server) -> dict:
     return server.object_info()
+
+
+# The adapter proofs' trainings run once for both hosts (harness.shared); a host that reaches one while the
+# other trains it waits. With the hosts side by side, each starts with a different proof, so the two trainings
+# run at once, one per core, and each host later samples the adapter the other trained (CI once waited 5 min
+# here). The pinned host keeps the file's order (latents, then pixels); any other host runs the pixel proof
+# first and the latent proof last.
+PROOFS = "integration/test_adapter_proof.py::"
+LATENT_PROOF = PROOFS + "test_trained_adapter_beats_training_free_and_bicubic"
+PIXEL_PROOF = PROOFS + "test_trained_adapter_beats_training_free_in_pixels"
+
+
+def pytest_collection_modifyitems(config, items):
+    from harness.paths import HOST
+
+    if HOST == "pinned":
+        return
+    by_id = {item.nodeid: item for item in items}
+    first, last = by_id.get(PIXEL_PROOF), by_id.get(LATENT_PROOF)
+    rest = [item for item in items if item not in (first, last)]
+    items[:] = ([first] if first else []) + rest + ([last] if last else [])

@@ -322,12 +322,15 @@ def _copied_url(page, row, timeout: float = 10) -> str:
     raise TimeoutError("Copy URL put nothing on the clipboard")
 
 
-def use_tiny_models(page, steps: int = 2, t2v_size=(256, 144, 1)) -> None:
+def use_tiny_models(page, steps: int = 2, t2v_size=(256, 144, 1), cheap_vae: bool = False) -> None:
     """Through the page's graph, what tests/harness/runs.tiny_prompt does to the API prompt: the tiny
     models, zero text conditioning in place of each CLIP Text Encode (and no CLIP loader: no umT5 weights
-    exist here), `steps` sampling steps, a small T2V latent. Nothing else of the loaded workflow changes."""
+    exist here), `steps` sampling steps, a small T2V latent. With `cheap_vae`, the VAE loader's output goes
+    through the PatchVSRTest_CheapVAE node (ComfyUI's own VAE object, encode and tiled decode, around a
+    pooling network): for runs where the video's size and frame count matter and its pictures do not. Nothing
+    else of the loaded workflow changes."""
     page.evaluate(
-        """([values, steps, t2v]) => {
+        """([values, steps, t2v, cheap]) => {
           const g = window.app.graph;
           const set = (type, name, value) => {
             for (const n of g.nodes.filter(n => n.type === type)) {
@@ -357,6 +360,16 @@ def use_tiny_models(page, steps: int = 2, t2v_size=(256, 144, 1)) -> None:
             g.remove(old);
           }
           for (const clip of g.nodes.filter(n => n.type === 'CLIPLoader')) g.remove(clip);
+          if (cheap) for (const loader of g.nodes.filter(n => n.type === 'VAELoader')) {
+            const wrap = window.LiteGraph.createNode('PatchVSRTest_CheapVAE');
+            wrap.pos = [loader.pos[0], loader.pos[1] + 120];
+            g.add(wrap);
+            for (const id of [...(loader.outputs[0].links || [])]) {
+              const link = g.links.get ? g.links.get(id) : g.links[id];
+              wrap.connect(0, g.getNodeById(link.target_id), link.target_slot);
+            }
+            loader.connect(0, wrap, 0);
+          }
           g.setDirtyCanvas(true, true);
         }""",
         [
@@ -368,6 +381,7 @@ def use_tiny_models(page, steps: int = 2, t2v_size=(256, 144, 1)) -> None:
             },
             steps,
             list(t2v_size),
+            cheap_vae,
         ],
     )
 

@@ -8,11 +8,17 @@ Frontends: each host's own comfyui-frontend-package (1.32 on the pinned host, 1.
 newest one on the registry, which .ci/bootstrap installs beside it and the server serves through
 --front-end-root (what an artist gets who pip-installs the newest frontend).
 
-Each workflow runs to its saved video once per host: on 0.33 from the newest frontend's page. The 2K/4K
-encode and decode of the tiny VAE are most of a run, so 0.33's own frontend does not repeat them: its Run
-button must post exactly the prompt that the newest frontend's page posted (the same work, already run to its
-video on this host), the run must start and the pack's JS must show the partitioner's cost text for it, and
-the run is then stopped. Screenshots and each run's timings (wall and CPU seconds per phase and per node) land
+Each workflow runs to its saved video once per host: on 0.33 from the newest frontend's page. 0.33's own
+frontend does not repeat that work: its Run button must post exactly the prompt that the newest frontend's
+page posted (the same work, already run to its video on this host), the run must start and the pack's JS must
+show the partitioner's cost text for it, and the run is then stopped.
+
+The 2K workflow runs the real tiny Wan VAE. The others' VAE goes through the CheapVAE test node (ComfyUI's
+own VAE object, its encode and tiled decode, around a pooling network), set through the page like the tiny
+models: what they check is the graph, the plan, the sampler and the video's exact size, and a random tiny
+VAE's 4K pictures show nothing while its 4K encode and decode took about 160 s of CPU per workflow alone
+and more than twice that beside the other host (most of CI's time). The real Wan VAE's encode and decode are
+this 2K run's and the pixel proofs' (the trained tiny VAE, 2K, both hosts). Screenshots and each run's timings (wall and CPU seconds per phase and per node) land
 in the server's output folder under browser/."""
 
 import json
@@ -59,6 +65,8 @@ FRONTENDS = ("newest", "host") if HOST == "0.33" else ("host",)
 # Workflow name -> the prompt its full run posted, on this host: what a later frontend's Run must post.
 FULL_RUNS: dict[str, dict] = {}
 # PatchVSR Long Video plans and samples inside one node: no partitioner or sampler nodes in its workflow.
+# The workflows run with the real tiny VAE; the others through the CheapVAE test node (see above).
+REAL_VAE = {"patchvsr_2k_from_video"}
 LONG_VIDEO = "PatchVSR_LongVideo"
 
 
@@ -165,7 +173,7 @@ def test_shipped_workflow_runs_in_the_browser(frontend, browser, workflow):
     console.attach(page)
     socket.attach(page)
     timings = Timings(server.proc.pid, browser)
-    record = {"host": HOST, "frontend": frontend.name, "workflow": workflow.stem}
+    record = {"host": HOST, "frontend": frontend.name, "workflow": workflow.stem, "vae": "real"}
     types = {str(n["id"]): n["type"] for n in saved["nodes"]}
     try:
         # 1. Open the page, and the workflow from the Templates dialog: every node type known, the pack's
@@ -190,7 +198,9 @@ def test_shipped_workflow_runs_in_the_browser(frontend, browser, workflow):
         timings.mark("missing_models")
         on_load = visible_dialogs(page)
         # 3. The tiny models and a short run, set through the page's graph; then the real Run button.
-        use_tiny_models(page, steps=STEPS, t2v_size=(CLIP_HW[1], CLIP_HW[0], 1))
+        cheap_vae = workflow.stem not in REAL_VAE
+        record["vae"] = "cheap" if cheap_vae else "real"
+        use_tiny_models(page, steps=STEPS, t2v_size=(CLIP_HW[1], CLIP_HW[0], 1), cheap_vae=cheap_vae)
         page.screenshot(path=str(shots / f"{frontend.name}_{workflow.stem}_loaded.png"))
         # The graph on the canvas is still the loaded template (no restored workflow took its place).
         kept = {(n["id"], n["type"]) for n in nodes if n["type"] not in ("CLIPTextEncode", "CLIPLoader")}
@@ -216,6 +226,8 @@ def test_shipped_workflow_runs_in_the_browser(frontend, browser, workflow):
         # The cost widget is display only: never sent with the prompt (it would change the partitioner's
         # inputs, and so rerun the chain, whenever the sampler's steps change).
         assert all("patchvsr_cost" not in n["inputs"] for n in prompt.values()), prompt
+        wrapped = [k for k, n in prompt.items() if n["class_type"] == "PatchVSRTest_CheapVAE"]
+        assert bool(wrapped) == cheap_vae, (cheap_vae, wrapped)
     finally:
         page.close()
         record["phases"] = timings.phases()
