@@ -247,6 +247,28 @@ class RandomLatent(io.ComfyNode):
         return io.NodeOutput({"samples": torch.randn(1, channels, frames, height, width, generator=gen)})
 
 
+class LatentFrames(io.ComfyNode):
+    """Latent frames start..stop-1 of a video latent: one slice of a clip, for decoding it on its own."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PatchVSRTest_LatentFrames",
+            display_name="Latent Frames (tests)",
+            category="testing/patchvsr",
+            inputs=[
+                io.Latent.Input("samples", tooltip="A video latent [B, C, T, H, W]."),
+                io.Int.Input("start", default=0, min=0, max=4096, tooltip="First latent frame."),
+                io.Int.Input("stop", default=1, min=1, max=4096, tooltip="One past the last latent frame."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, samples, start, stop) -> io.NodeOutput:
+        return io.NodeOutput({"samples": samples["samples"][:, :, start:stop].clone()})
+
+
 class LatentStats(io.ComfyNode):
     """An output node that reports whether a latent is finite and its largest magnitude, for matrix tests
     that check many sampler nodes in one prompt without saving files."""
@@ -668,6 +690,7 @@ class TestNodes(ComfyExtension):
             PoisonImages,
             Channels,
             RandomLatent,
+            LatentFrames,
             LatentStats,
             BlockProbe,
             RowCounter,
