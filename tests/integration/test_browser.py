@@ -18,8 +18,10 @@ own VAE object, its encode and tiled decode, around a pooling network), set thro
 models: what they check is the graph, the plan, the sampler and the video's exact size, and a random tiny
 VAE's 4K pictures show nothing while its 4K encode and decode took about 160 s of CPU per workflow alone
 and more than twice that beside the other host (most of CI's time). The real Wan VAE's encode and decode are
-this 2K run's and the pixel proofs' (the trained tiny VAE, 2K, both hosts). Screenshots and each run's timings (wall and CPU seconds per phase and per node) land
-in the server's output folder under browser/."""
+this 2K run's and the pixel proofs' (the trained tiny VAE, 2K, both hosts).
+
+Screenshots and each run's timings (wall and CPU seconds per phase and per node) land in the server's output
+folder under browser/."""
 
 import json
 import math
@@ -64,9 +66,9 @@ STEPS = 2
 FRONTENDS = ("newest", "host") if HOST == "0.33" else ("host",)
 # Workflow name -> the prompt its full run posted, on this host: what a later frontend's Run must post.
 FULL_RUNS: dict[str, dict] = {}
-# PatchVSR Long Video plans and samples inside one node: no partitioner or sampler nodes in its workflow.
 # The workflows run with the real tiny VAE; the others through the CheapVAE test node (see above).
 REAL_VAE = {"patchvsr_2k_from_video"}
+# PatchVSR Long Video plans and samples inside one node: no partitioner or sampler nodes in its workflow.
 LONG_VIDEO = "PatchVSR_LongVideo"
 
 
@@ -173,7 +175,7 @@ def test_shipped_workflow_runs_in_the_browser(frontend, browser, workflow):
     console.attach(page)
     socket.attach(page)
     timings = Timings(server.proc.pid, browser)
-    record = {"host": HOST, "frontend": frontend.name, "workflow": workflow.stem, "vae": "real"}
+    record = {"host": HOST, "frontend": frontend.name, "workflow": workflow.stem}
     types = {str(n["id"]): n["type"] for n in saved["nodes"]}
     try:
         # 1. Open the page, and the workflow from the Templates dialog: every node type known, the pack's
