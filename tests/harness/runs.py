@@ -15,8 +15,11 @@ from .workflow import override, replace, to_api
 INPUT_CLIP = "patchvsr_example.mp4"
 
 
-def make_clip(path: Path, width: int = 256, height: int = 144, frames: int = 9, fps: int = 16) -> Path:
-    """Writes a synthetic mp4 (moving colour bands and a bright square) with imageio-ffmpeg."""
+def make_clip(
+    path: Path, width: int = 256, height: int = 144, frames: int = 9, fps: int = 16, levels=(0.0, 1.0)
+) -> Path:
+    """Writes a synthetic mp4 (moving colour bands and a bright square) with imageio-ffmpeg, its values
+    mapped into `levels` (low, high)."""
     import imageio_ffmpeg
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +35,7 @@ def make_clip(path: Path, width: int = 256, height: int = 144, frames: int = 9, 
         frame = np.stack([r, g, b], -1)
         s = 8 + 4 * i
         frame[20:44, s : s + 24] = 1.0
+        frame = levels[0] + (levels[1] - levels[0]) * frame
         writer.send((frame * 255).astype(np.uint8).tobytes())
     writer.close()
     return path

@@ -1,5 +1,8 @@
-"""PatchVSR VAE Decode against ComfyUI's own VAE Decode (Tiled), on the host's real Wan VAE loader and the
-tiny Wan 2.1 VAE. The pack's decode (nodes/encode.py decode_stream, also the long-video path's) runs the
+"""The pack's VAE steps against ComfyUI's own nodes, on the host's real Wan VAE loader and the tiny Wan 2.1 VAE.
+
+PatchVSR Upscale & Encode with one tile is core's Upscale Image (bicubic) then VAE Encode.
+
+PatchVSR VAE Decode against core's VAE Decode (Tiled). The pack's decode (nodes/encode.py decode_stream, also the long-video path's) runs the
 host's tiled decode on temporal slices of the latent and cross-fades the frames two slices share, so that
 memory holds one slice: with one slice it is core's tiled decode exactly; with several, every slice's frames
 are core's tiled decode of that slice's latent frames, placed where the whole clip has them, and shared
@@ -10,7 +13,10 @@ import json
 
 import numpy as np
 import pytest
+from harness.paths import REPO
+from harness.runs import make_clip, tiny_prompt
 from harness.tiny_models import VAE
+from harness.workflow import override, prune
 
 pytestmark = pytest.mark.integration
 # 5 latent frames (17 video frames) of 24 x 32 cells (192 x 256 px): 2 x 3 spatial tiles of 128 px. The overlap
@@ -93,3 +99,31 @@ def test_slices_are_cores_decodes_cross_faded(server, temporal_frames, temporal_
         covered[at : at + len(frames)] = True
     assert covered.all() and pack.shape == expected.shape == (17, 192, 256, 3), (covered, pack.shape)
     assert np.allclose(pack, expected, rtol=0, atol=1e-6), np.abs(pack - expected).max()
+
+
+def test_one_encode_tile_is_cores_bicubic_upscale_and_encode(server, object_info):
+    """The shipped 2K graph's Upscale & Encode with a tile that covers the frame, against core's Upscale Image
+    (bicubic, no crop) to the plan's target and core's VAE Encode of that. The clip's values lie in
+    [0.25, 0.75], where bicubic overshoot stays inside [0, 1]: the pack clamps upscaled pixels to [0, 1]
+    (valid images for the VAE) and core does not."""
+    make_clip(server.input_dir / "clip_mid.mp4", width=128, height=80, frames=5, levels=(0.25, 0.75))
+    prompt = tiny_prompt(REPO / "workflows" / "patchvsr_2k_from_video.json", object_info)
+    prompt = override(prompt, "LoadVideo", file="clip_mid.mp4")
+    prompt = override(prompt, "PatchVSR_Partitioner", target="scale", scale=2.0, patch_width=128, patch_height=80)
+    prompt = override(prompt, "PatchVSR_UpscaleEncode", tile_px=4096)
+    (enc,) = [k for k, n in prompt.items() if n["class_type"] == "PatchVSR_UpscaleEncode"]
+    images, vae = prompt[enc]["inputs"]["images"], prompt[enc]["inputs"]["vae"]
+    for k in [k for k, n in prompt.items() if object_info[n["class_type"]].get("output_node")]:
+        del prompt[k]
+    prompt["900"] = {"class_type": "ImageScale", "inputs": {
+        "image": images, "upscale_method": "bicubic", "width": 256, "height": 160, "crop": "disabled"}}  # fmt: skip
+    prompt["901"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["900", 0], "vae": vae}}
+    prompt["902"] = {"class_type": "PatchVSRTest_LatentDiff", "inputs": {"samples": [enc, 0], "reference": ["901", 0], "tag": "encode"}}  # fmt: skip
+    prune(prompt, object_info)
+    server.clear_cache()
+    result = server.run(prompt)
+    assert result.status == "success", json.dumps(result.error)[:3000]
+    (diff,) = result.outputs["902"]["patchvsr_diff"]
+    print(f"one-tile encode against core's: {diff}")
+    assert diff["shape"] == [1, 16, 2, 20, 32], diff
+    assert diff["max_abs_diff"] <= 1e-5 * max(1.0, diff["ref_max_abs"]), diff
