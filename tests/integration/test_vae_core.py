@@ -2,10 +2,10 @@
 
 PatchVSR Upscale & Encode with one tile is core's Upscale Image (bicubic) then VAE Encode.
 
-PatchVSR VAE Decode against core's VAE Decode (Tiled). The pack's decode (nodes/encode.py decode_stream, also the long-video path's) runs the
-host's tiled decode on temporal slices of the latent and cross-fades the frames two slices share, so that
-memory holds one slice: with one slice it is core's tiled decode exactly; with several, every slice's frames
-are core's tiled decode of that slice's latent frames, placed where the whole clip has them, and shared
+PatchVSR VAE Decode (nodes/encode.py decode_stream, also the long-video path's) runs the host's tiled decode on
+temporal slices of the latent and cross-fades the frames two slices share, so that memory holds one slice.
+Against core's VAE Decode (Tiled): with one slice it is core's tiled decode exactly; with several, every slice's
+frames are core's tiled decode of that slice's latent frames, placed where the whole clip has them, and shared
 frames are the linear cross-fade of the two slices'. (How close slices come to decoding the whole clip at once
 is not a question for random weights: each slice restarts the causal VAE, which dominates there.)"""
 
