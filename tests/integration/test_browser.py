@@ -18,7 +18,8 @@ own VAE object, its encode and tiled decode, around a pooling network), set thro
 models: what they check is the graph, the plan, the sampler and the video's exact size, and a random tiny
 VAE's 4K pictures show nothing while its 4K encode and decode took about 160 s of CPU per workflow alone
 and more than twice that beside the other host (most of CI's time). The real Wan VAE's encode and decode are
-this 2K run's and the pixel proofs' (the trained tiny VAE, 2K, both hosts).
+this 2K run's, the pixel proofs' (the trained tiny VAE, 2K) and test_vae_core's (against core's nodes), on
+both hosts.
 
 Screenshots and each run's timings (wall and CPU seconds per phase and per node) land in the server's output
 folder under browser/."""
