@@ -216,7 +216,8 @@ class TiledDecode(io.ComfyNode):
                     min=0,
                     max=2048,
                     step=32,
-                    tooltip="Overlap between tiles in pixels; blended linearly.",
+                    tooltip="Overlap between tiles in pixels; blended linearly. Up to half of tile_px, used as set "
+                    "(ComfyUI's VAE Decode (Tiled) lowers an overlap above a quarter of the tile to a quarter).",
                 ),
                 io.Int.Input(
                     "temporal_frames", default=64, min=8, max=4096, step=4, tooltip="Pixel frames decoded at a time."

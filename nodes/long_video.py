@@ -678,7 +678,8 @@ class LongVideo(io.ComfyNode):
                     min=0,
                     max=2048,
                     step=32,
-                    tooltip="Overlap between decode tiles in pixels, blended linearly.",
+                    tooltip="Overlap between decode tiles in pixels, blended linearly. Up to half of decode_tile_px, "
+                    "used as set (ComfyUI's VAE Decode (Tiled) lowers one above a quarter of the tile to a quarter).",
                 ),
                 io.Int.Input(
                     "decode_temporal_frames",
